@@ -1,0 +1,259 @@
+"""Building blocks shared by the Normalizer-Free model family.
+
+Everything here follows section 1 of the project's facts (``shared/reference/NFNETS_FACTS.md``):
+the scaled weight-standardized convolution, the gamma-scaled activations, squeeze-excite and
+per-example stochastic depth without rescaling.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# gamma such that gamma * f(z) has (approximately) unit variance for z ~ N(0, 1).
+ACTIVATION_GAMMAS = {
+    "identity": 1.0,
+    "celu": 1.270926833152771,
+    "elu": 1.2716004848480225,
+    "gelu": 1.7015043497085571,
+    "glu": 1.8484294414520264,
+    "leaky_relu": 1.70590341091156,
+    "log_sigmoid": 1.9193484783172607,
+    "relu": 1.7139588594436646,
+    "relu6": 1.7131484746932983,
+    "selu": 1.0008515119552612,
+    "sigmoid": 4.803835391998291,
+    "silu": 1.7881293296813965,
+    "soft_sign": 2.338853120803833,
+    "softplus": 1.9203323125839233,
+    "tanh": 1.5939117670059204,
+}
+
+# The raw nonlinearities. GELU is the tanh approximation, as in the reference.
+_RAW_ACTIVATIONS = {
+    "identity": lambda x: x,
+    "celu": jax.nn.celu,
+    "elu": jax.nn.elu,
+    "gelu": functools.partial(jax.nn.gelu, approximate=True),
+    "glu": jax.nn.glu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "log_sigmoid": jax.nn.log_sigmoid,
+    "relu": jax.nn.relu,
+    "relu6": jax.nn.relu6,
+    "selu": jax.nn.selu,
+    "sigmoid": jax.nn.sigmoid,
+    "silu": jax.nn.silu,
+    "soft_sign": jax.nn.soft_sign,
+    "softplus": jax.nn.softplus,
+    "tanh": jnp.tanh,
+}
+
+# Aliases people commonly type.
+_ALIASES = {"swish": "silu", "linear": "identity", "none": "identity"}
+
+
+def raw_activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  """Returns the unscaled nonlinearity ``f`` for ``name``."""
+  key = _ALIASES.get(name, name)
+  if key not in _RAW_ACTIVATIONS:
+    raise ValueError(
+        f"Unknown activation {name!r}; known: {sorted(_RAW_ACTIVATIONS)}")
+  return _RAW_ACTIVATIONS[key]
+
+
+def activation_gamma(name: str) -> float:
+  """Returns gamma for ``name`` (see ``ACTIVATION_GAMMAS``)."""
+  key = _ALIASES.get(name, name)
+  if key not in ACTIVATION_GAMMAS:
+    raise ValueError(
+        f"Unknown activation {name!r}; known: {sorted(ACTIVATION_GAMMAS)}")
+  return ACTIVATION_GAMMAS[key]
+
+
+def scaled_activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  """Returns ``x -> gamma * f(x)``, variance preserving for unit-Gaussian input."""
+  fn = raw_activation(name)
+  gamma = activation_gamma(name)
+  if gamma == 1.0:
+    return fn
+  return lambda x: fn(x) * gamma
+
+
+# Back-compat style table: name -> gamma-scaled callable.
+nonlinearities = {name: scaled_activation(name) for name in _RAW_ACTIVATIONS}
+
+
+# ------------------------------------------------------------------------------------------
+# Grouped convolution implementations.
+# ------------------------------------------------------------------------------------------
+GROUPED_CONV_IMPLS = ("auto", "native", "split")
+
+
+def _resolve_grouped_impl(impl: str) -> str:
+  if impl not in GROUPED_CONV_IMPLS:
+    raise ValueError(
+        f"Unknown grouped_conv_impl {impl!r}; choose one of {GROUPED_CONV_IMPLS}.")
+  if impl == "auto":
+    # XLA:CPU runs feature_group_count convolutions several times slower than the same work
+    # expressed as one ordinary convolution per group; GPU/TPU have fast native kernels.
+    return "split" if jax.default_backend() == "cpu" else "native"
+  return impl
+
+
+def conv2d(x, w, stride, padding, groups: int, impl: str = "auto"):
+  """NHWC x HWIO convolution with ``groups`` feature groups.
+
+  ``impl='native'`` uses ``feature_group_count``; ``impl='split'`` runs one ordinary
+  convolution per group and concatenates (identical math, faster on XLA:CPU);
+  ``'auto'`` picks per backend.
+  """
+  dn = ("NHWC", "HWIO", "NHWC")
+  strides = tuple(stride) if isinstance(stride, (tuple, list)) else (stride, stride)
+  impl = _resolve_grouped_impl(impl) if groups > 1 else "native"
+  if impl == "native":
+    return jax.lax.conv_general_dilated(
+        x, w, window_strides=strides, padding=padding, dimension_numbers=dn,
+        feature_group_count=groups)
+  cin_g = w.shape[2]
+  cout_g = w.shape[3] // groups
+  outs = []
+  for g in range(groups):
+    xg = jax.lax.slice_in_dim(x, g * cin_g, (g + 1) * cin_g, axis=3)
+    wg = jax.lax.slice_in_dim(w, g * cout_g, (g + 1) * cout_g, axis=3)
+    outs.append(jax.lax.conv_general_dilated(
+        xg, wg, window_strides=strides, padding=padding, dimension_numbers=dn))
+  return jnp.concatenate(outs, axis=3)
+
+
+# ------------------------------------------------------------------------------------------
+# Scaled weight-standardized convolution.
+# ------------------------------------------------------------------------------------------
+def standardize_weight(w: jax.Array, gain: jax.Array, eps: float = 1e-4) -> jax.Array:
+  """Scaled weight standardization of an HWIO kernel, per output channel.
+
+  ``scale = rsqrt(max(var * fan_in, eps)) * gain``; ``w_hat = w * scale - mean * scale``.
+  """
+  mean = jnp.mean(w, axis=(0, 1, 2), keepdims=True)
+  var = jnp.var(w, axis=(0, 1, 2), keepdims=True)
+  fan_in = np.prod(w.shape[:-1])
+  scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * gain
+  shift = mean * scale
+  return w * scale - shift
+
+
+class WSConv2D(hk.Module):
+  """2D convolution with Scaled Weight Standardization and an affine gain.
+
+  Parameters: ``w`` (HWIO, VarianceScaling(1, fan_in, normal)), ``gain`` (ones) and
+  ``bias`` (zeros), created in that order.
+  """
+
+  def __init__(self,
+               output_channels: int,
+               kernel_shape: Union[int, Sequence[int]] = 1,
+               stride: Union[int, Sequence[int]] = 1,
+               padding: str = "SAME",
+               feature_group_count: int = 1,
+               eps: float = 1e-4,
+               w_init: Optional[hk.initializers.Initializer] = None,
+               grouped_conv_impl: str = "auto",
+               name: Optional[str] = None):
+    super().__init__(name=name)
+    self.output_channels = output_channels
+    self.kernel_shape = ((kernel_shape, kernel_shape) if isinstance(kernel_shape, int)
+                         else tuple(kernel_shape))
+    self.stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    self.padding = padding
+    self.feature_group_count = feature_group_count
+    self.eps = eps
+    self.w_init = w_init or hk.initializers.VarianceScaling(1.0, "fan_in", "normal")
+    self.grouped_conv_impl = grouped_conv_impl
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    in_ch = x.shape[-1]
+    groups = self.feature_group_count
+    if in_ch % groups or self.output_channels % groups:
+      raise ValueError(
+          f"{self.module_name}: channels ({in_ch} in, {self.output_channels} out) are not "
+          f"divisible by feature_group_count={groups}.")
+    w_shape = self.kernel_shape + (in_ch // groups, self.output_channels)
+    w = hk.get_parameter("w", w_shape, x.dtype, init=self.w_init)
+    gain = hk.get_parameter("gain", (self.output_channels,), x.dtype, init=jnp.ones)
+    weight = standardize_weight(w, gain, self.eps)
+    out = conv2d(x, weight, self.stride, self.padding, groups, self.grouped_conv_impl)
+    bias = hk.get_parameter("bias", (self.output_channels,), x.dtype, init=jnp.zeros)
+    return out + bias
+
+
+# ------------------------------------------------------------------------------------------
+# Squeeze-excite and stochastic depth.
+# ------------------------------------------------------------------------------------------
+class SqueezeExcite(hk.Module):
+  """Spatial mean -> Linear(hidden) -> ReLU -> Linear(out_ch) -> sigmoid.
+
+  ``hidden = max(1, int(in_ch * se_ratio))`` unless ``hidden_ch`` is given. Returns the
+  (B, 1, 1, C) gate; callers multiply their branch by ``2 * gate`` for NFNets.
+  """
+
+  def __init__(self, in_ch: int, out_ch: int, se_ratio: float = 0.5,
+               hidden_ch: Optional[int] = None,
+               activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
+               name: Optional[str] = None):
+    super().__init__(name=name)
+    self.in_ch = in_ch
+    self.out_ch = out_ch
+    self.hidden_ch = hidden_ch if hidden_ch is not None else max(1, int(in_ch * se_ratio))
+    self.activation = activation
+    # Created in the constructor so that Haiku names them `.../~/linear`, as the reference.
+    self.fc0 = hk.Linear(self.hidden_ch, with_bias=True)
+    self.fc1 = hk.Linear(self.out_ch, with_bias=True)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = jnp.mean(x, axis=(1, 2))
+    h = self.activation(self.fc0(h))
+    h = jax.nn.sigmoid(self.fc1(h))
+    return h[:, None, None, :]
+
+
+def stochastic_depth(x: jax.Array, drop_rate: float, is_training: bool,
+                     rng: Optional[jax.Array] = None) -> jax.Array:
+  """Drops whole examples with probability ``drop_rate``; never rescales.
+
+  ``mask = floor(1 - drop_rate + U[0, 1))`` with shape ``[B, 1, ..., 1]``; identity at eval.
+  """
+  if not is_training or not drop_rate:
+    return x
+  if rng is None:
+    rng = hk.next_rng_key()
+  shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+  r = jax.random.uniform(rng, shape, dtype=x.dtype)
+  mask = jnp.floor(1.0 - drop_rate + r)
+  return x * mask
+
+
+class StochDepth(hk.Module):
+  """Module form of :func:`stochastic_depth` (no parameters)."""
+
+  def __init__(self, drop_rate: float, name: Optional[str] = None):
+    super().__init__(name=name)
+    self.drop_rate = drop_rate
+
+  def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:
+    return stochastic_depth(x, self.drop_rate, is_training)
+
+
+def signal_metrics(x: jax.Array, prefix: str) -> dict:
+  """Average channel squared mean and average channel variance of NHWC ``x``."""
+  metrics = {}
+  metrics[f"{prefix}_avg_sq_mean"] = jnp.mean(jnp.mean(x, axis=(0, 1, 2)) ** 2)
+  metrics[f"{prefix}_avg_var"] = jnp.mean(jnp.var(x, axis=(0, 1, 2)))
+  return metrics
+
+
+def count_params(params) -> int:
+  """Total number of scalars in a parameter tree (works on ShapeDtypeStructs too)."""
+  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
