@@ -1,1 +1,268 @@
-"""Placeholder: being written (see models/__init__.py)."""
+"""NFNet F-series (F0-F7 and the wider F0+-F7+), section 2 of the project's facts.
+
+Parameter names, shapes, initializers and the order in which parameters are created follow
+DeepMind's reference, so its released checkpoints load without renaming and the same seed
+gives the same initialization.
+
+Signal metrics (``model(x, is_training, return_metrics=True)``), computed in float32:
+  ``stem_avg_sq_mean``, ``stem_avg_var``: the stem output;
+  ``block_{i}_avg_sq_mean``: mean over channels of the squared per-channel mean of block i's
+    output (per-channel statistics over batch and space);
+  ``block_{i}_avg_var``: mean over channels of the per-channel variance of block i's output;
+  ``block_{i}_res_var``: the same average channel variance for the residual branch of block i
+    (after squeeze-excite, before stochastic depth and ``skip_gain``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from nfnets_jax import layers
+from nfnets_jax.models.registry import register
+
+_BASE_WIDTHS = (256, 512, 1536, 1536)
+_PLUS_WIDTHS = (384, 768, 2048, 2048)
+_STRIDES = (1, 2, 2, 2)
+_GROUP_WIDTH = 128
+_EXPANSION = 0.5
+
+# variant -> depths and recipe metadata (facts, section 2). The "+" variants share depths and
+# recipe with their base variant and only widen the stages.
+_BASE = {
+    "F0": dict(depths=(1, 2, 6, 3), train_image_size=192, test_image_size=256,
+               randaugment_layers=4, randaugment_magnitude=5, drop_rate=0.2),
+    "F1": dict(depths=(2, 4, 12, 6), train_image_size=224, test_image_size=320,
+               randaugment_layers=4, randaugment_magnitude=10, drop_rate=0.3),
+    "F2": dict(depths=(3, 6, 18, 9), train_image_size=256, test_image_size=352,
+               randaugment_layers=4, randaugment_magnitude=10, drop_rate=0.4),
+    "F3": dict(depths=(4, 8, 24, 12), train_image_size=320, test_image_size=416,
+               randaugment_layers=4, randaugment_magnitude=15, drop_rate=0.4),
+    "F4": dict(depths=(5, 10, 30, 15), train_image_size=384, test_image_size=512,
+               randaugment_layers=4, randaugment_magnitude=15, drop_rate=0.5),
+    "F5": dict(depths=(6, 12, 36, 18), train_image_size=416, test_image_size=544,
+               randaugment_layers=4, randaugment_magnitude=15, drop_rate=0.5),
+    "F6": dict(depths=(7, 14, 42, 21), train_image_size=448, test_image_size=576,
+               randaugment_layers=4, randaugment_magnitude=15, drop_rate=0.5),
+    "F7": dict(depths=(8, 16, 48, 24), train_image_size=480, test_image_size=608,
+               randaugment_layers=4, randaugment_magnitude=15, drop_rate=0.5),
+}
+
+NFNET_VARIANTS: Dict[str, dict] = {}
+for _name, _cfg in _BASE.items():
+  NFNET_VARIANTS[_name] = dict(_cfg, widths=_BASE_WIDTHS)
+  NFNET_VARIANTS[_name + "+"] = dict(_cfg, widths=_PLUS_WIDTHS)
+
+# Exact parameter counts with 1000 classes (facts, section 2); asserted by the tests.
+NFNET_PARAM_COUNTS = {
+    "F0": 71_489_284, "F1": 132_634_256, "F2": 193_779_228, "F3": 254_924_200,
+    "F4": 316_069_172, "F5": 377_214_144, "F6": 438_359_116, "F7": 499_504_088,
+    "F0+": 118_824_516, "F1+": 220_357_008, "F2+": 321_889_500, "F3+": 423_421_992,
+    "F4+": 524_954_484, "F5+": 626_486_976, "F6+": 728_019_468, "F7+": 829_551_960,
+}
+
+
+def canonical_variant(variant: str) -> str:
+  """'F0', 'f0', 'F0+', 'f0_plus', 'F0plus' -> 'F0' / 'F0+'."""
+  v = str(variant).strip().upper().replace("_PLUS", "+").replace("PLUS", "+")
+  if v not in NFNET_VARIANTS:
+    raise ValueError(
+        f"Unknown NFNet variant {variant!r}; known: {', '.join(NFNET_VARIANTS)}.")
+  return v
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+  """Static configuration of one NF block (``index`` counts over the whole network)."""
+  index: int
+  stage: int
+  in_ch: int
+  out_ch: int
+  stride: int
+  bottleneck_ch: int
+  groups: int
+  beta: float
+  stochdepth_rate: float
+
+
+def stem_channels(variant: str) -> int:
+  """Output channels of ``stem_conv3``: ``widths[0] // 2``, never scaled by ``width``."""
+  return NFNET_VARIANTS[canonical_variant(variant)]["widths"][0] // 2
+
+
+def block_config(variant: str = "F0", width: float = 1.0, alpha: float = 0.2,
+                 stochdepth_rate: float = 0.1,
+                 group_width: Optional[int] = None) -> List[BlockSpec]:
+  """Per-block widths, strides, groups, betas and stochastic-depth rates.
+
+  ``beta = 1 / expected_std`` where expected_std is 1 at each stage's first block and grows
+  as ``sqrt(expected_std**2 + alpha**2)`` after every block; block ``i`` of ``N`` drops with
+  rate ``stochdepth_rate * i / N``.
+  """
+  cfg = NFNET_VARIANTS[canonical_variant(variant)]
+  group_width = _GROUP_WIDTH if group_width is None else int(group_width)
+  if group_width < 1:
+    raise ValueError(f"group_width must be a positive integer, got {group_width}.")
+  num_blocks = sum(cfg["depths"])
+  specs = []
+  in_ch = stem_channels(variant)
+  expected_std = 1.0
+  index = 0
+  for stage, (stage_width, depth, stride) in enumerate(
+      zip(cfg["widths"], cfg["depths"], _STRIDES)):
+    out_ch = int(stage_width * width)
+    groups = int(out_ch * _EXPANSION) // group_width
+    if groups < 1:
+      raise ValueError(
+          f"NFNet-{canonical_variant(variant)} with width={width}: stage {stage} has "
+          f"{out_ch} output channels, so its bottleneck ({int(out_ch * _EXPANSION)} channels) "
+          f"holds zero groups of group_width={group_width}. Use a larger width or pass a "
+          f"group_width <= {max(1, int(out_ch * _EXPANSION))}.")
+    for block_index in range(depth):
+      specs.append(BlockSpec(
+          index=index, stage=stage, in_ch=in_ch, out_ch=out_ch,
+          stride=stride if block_index == 0 else 1,
+          bottleneck_ch=groups * group_width, groups=groups,
+          beta=1.0 / expected_std,
+          stochdepth_rate=stochdepth_rate * index / num_blocks))
+      if block_index == 0:
+        expected_std = 1.0
+      expected_std = (expected_std ** 2 + alpha ** 2) ** 0.5
+      in_ch = out_ch
+      index += 1
+  return specs
+
+
+class NFBlock(hk.Module):
+  """Pre-activation NFNet bottleneck block with two grouped 3x3 convs and SE.
+
+  Returns ``(output, residual_branch_average_channel_variance)``.
+  """
+
+  def __init__(self, spec: BlockSpec, alpha: float = 0.2, se_ratio: float = 0.5,
+               activation: str = "gelu", use_two_convs: bool = True,
+               grouped_conv_impl: str = "auto", name: Optional[str] = None):
+    super().__init__(name=name)
+    self.spec = spec
+    self.alpha = alpha
+    self.activation = layers.scaled_activation(activation)
+    self.use_two_convs = use_two_convs
+    width, groups = spec.bottleneck_ch, spec.groups
+    # Creation order (= naming) as in the reference; init order is the call order below.
+    self.conv0 = layers.WSConv2D(width, 1, name="conv0")
+    self.conv1 = layers.WSConv2D(width, 3, stride=spec.stride, feature_group_count=groups,
+                                 grouped_conv_impl=grouped_conv_impl, name="conv1")
+    if use_two_convs:
+      self.conv1b = layers.WSConv2D(width, 3, feature_group_count=groups,
+                                    grouped_conv_impl=grouped_conv_impl, name="conv1b")
+    self.conv2 = layers.WSConv2D(spec.out_ch, 1, name="conv2")
+    self.use_projection = spec.stride > 1 or spec.in_ch != spec.out_ch
+    if self.use_projection:
+      self.conv_shortcut = layers.WSConv2D(spec.out_ch, 1, name="conv_shortcut")
+    self.se = layers.SqueezeExcite(spec.out_ch, spec.out_ch, se_ratio=se_ratio)
+
+  def __call__(self, x: jax.Array, is_training: bool):
+    out = self.activation(x) * self.spec.beta
+    if self.spec.stride > 1:
+      shortcut = hk.avg_pool(out, window_shape=(1, 2, 2, 1), strides=(1, 2, 2, 1),
+                             padding="SAME")
+      shortcut = self.conv_shortcut(shortcut)
+    elif self.use_projection:
+      shortcut = self.conv_shortcut(out)
+    else:
+      shortcut = x
+    out = self.conv0(out)
+    out = self.conv1(self.activation(out))
+    if self.use_two_convs:
+      out = self.conv1b(self.activation(out))
+    out = self.conv2(self.activation(out))
+    out = (self.se(out) * 2) * out
+    res_var = jnp.mean(jnp.var(out.astype(jnp.float32), axis=(0, 1, 2)))
+    out = layers.stochastic_depth(out, self.spec.stochdepth_rate, is_training)
+    skip_gain = hk.get_parameter("skip_gain", (), out.dtype, init=jnp.zeros)
+    out = out * skip_gain
+    return out * self.alpha + shortcut, res_var
+
+
+class NFNet(hk.Module):
+  """Normalizer-Free Network, F-series (see the module docstring for the metric keys)."""
+
+  def __init__(self, num_classes: int, variant: str = "F0", width: float = 1.0,
+               se_ratio: float = 0.5, alpha: float = 0.2, stochdepth_rate: float = 0.1,
+               drop_rate: Optional[float] = None, activation: str = "gelu",
+               fc_init=None, final_conv_mult: float = 2, final_conv_ch: Optional[int] = None,
+               use_two_convs: bool = True, group_width: Optional[int] = None,
+               grouped_conv_impl: str = "auto", name: Optional[str] = "NFNet"):
+    super().__init__(name=name)
+    self.num_classes = num_classes
+    self.variant = canonical_variant(variant)
+    cfg = NFNET_VARIANTS[self.variant]
+    self.width = width
+    self.drop_rate = cfg["drop_rate"] if drop_rate is None else drop_rate
+    self.activation = layers.scaled_activation(activation)
+    layers._resolve_grouped_impl(grouped_conv_impl)  # Fail early on a bad name.
+    self.block_specs = block_config(self.variant, width=width, alpha=alpha,
+                                    stochdepth_rate=stochdepth_rate, group_width=group_width)
+    self.betas = [s.beta for s in self.block_specs]
+    self.stochdepth_rates = [s.stochdepth_rate for s in self.block_specs]
+
+    self.stem_convs = [
+        layers.WSConv2D(16, 3, stride=2, name="stem_conv0"),
+        layers.WSConv2D(32, 3, stride=1, name="stem_conv1"),
+        layers.WSConv2D(64, 3, stride=1, name="stem_conv2"),
+        layers.WSConv2D(stem_channels(self.variant), 3, stride=2, name="stem_conv3"),
+    ]
+    self.blocks = [
+        NFBlock(spec, alpha=alpha, se_ratio=se_ratio, activation=activation,
+                use_two_convs=use_two_convs, grouped_conv_impl=grouped_conv_impl)
+        for spec in self.block_specs]
+    last_ch = self.block_specs[-1].out_ch
+    if final_conv_ch is None:
+      final_conv_ch = int(final_conv_mult * last_ch)
+    self.final_conv = layers.WSConv2D(final_conv_ch, 1, name="final_conv")
+    if fc_init is None:
+      fc_init = hk.initializers.RandomNormal(stddev=0.01, mean=0.0)
+    self.fc = hk.Linear(num_classes, w_init=fc_init, with_bias=True)
+
+  def __call__(self, x: jax.Array, is_training: bool, return_metrics: bool = False) -> dict:
+    if x.ndim != 4:
+      raise ValueError(f"NFNet expects NHWC images, got shape {x.shape}.")
+    outputs = {}
+    out = x
+    for i, conv in enumerate(self.stem_convs):
+      if i:
+        out = self.activation(out)
+      out = conv(out)
+    if return_metrics:
+      outputs.update(layers.signal_metrics(out.astype(jnp.float32), "stem"))
+    for i, block in enumerate(self.blocks):
+      out, res_var = block(out, is_training)
+      if return_metrics:
+        outputs.update(layers.signal_metrics(out.astype(jnp.float32), f"block_{i}"))
+        outputs[f"block_{i}_res_var"] = res_var
+    out = self.activation(self.final_conv(out))
+    pool = jnp.mean(out, axis=(1, 2))
+    outputs["pool"] = pool
+    if is_training and self.drop_rate > 0.0:
+      pool = hk.dropout(hk.next_rng_key(), self.drop_rate, pool)
+    outputs["logits"] = self.fc(pool)
+    return outputs
+
+
+def _register_all():
+  for variant, cfg in NFNET_VARIANTS.items():
+    name = "nfnet_" + variant.lower().replace("+", "_plus")
+    register(name, NFNet, dict(variant=variant),
+             train_image_size=cfg["train_image_size"],
+             test_image_size=cfg["test_image_size"],
+             drop_rate=cfg["drop_rate"],
+             randaugment_layers=cfg["randaugment_layers"],
+             randaugment_magnitude=cfg["randaugment_magnitude"],
+             description=f"NFNet-{variant} ({NFNET_PARAM_COUNTS[variant]:,} parameters "
+                         "with 1000 classes).")
+
+
+_register_all()
