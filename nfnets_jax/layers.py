@@ -246,6 +246,24 @@ class StochDepth(hk.Module):
     return stochastic_depth(x, self.drop_rate, is_training)
 
 
+def avg_pool_2x2_same(x: jax.Array) -> jax.Array:
+  """2x2 / stride-2 average pool with XLA 'SAME' padding, as ``hk.avg_pool(..., 'SAME')``.
+
+  The odd row/column is padded bottom/right and edge windows are averaged over their valid
+  elements. Written with a reshape instead of ``reduce_window``: XLA:CPU (jax 0.10.2) returns
+  wrong sums from the SAME-padded reduce_window on 1x1 inputs once batch x channels >= 4096.
+  """
+  b, h, w, c = x.shape
+  ph, pw = h % 2, w % 2
+  pad = ((0, 0), (0, ph), (0, pw), (0, 0))
+  ho, wo = (h + ph) // 2, (w + pw) // 2
+  total = jnp.pad(x, pad).reshape(b, ho, 2, wo, 2, c).sum(axis=(2, 4))
+  if not (ph or pw):
+    return total * 0.25
+  counts = np.pad(np.ones((1, h, w, 1), np.float32), pad).reshape(1, ho, 2, wo, 2, 1).sum((2, 4))
+  return total / jnp.asarray(counts, x.dtype)
+
+
 def signal_metrics(x: jax.Array, prefix: str) -> dict:
   """Average channel squared mean and average channel variance of NHWC ``x``."""
   metrics = {}

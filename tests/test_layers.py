@@ -123,3 +123,16 @@ def test_stochastic_depth_drops_whole_examples_without_rescale():
   np.testing.assert_allclose(per_example[:, 0].mean(), 0.75, atol=0.03)
   # Eval is the identity.
   np.testing.assert_array_equal(layers.stochastic_depth(x, 0.25, False), x)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 9, 3), (3, 1, 1, 5), (1, 5, 4, 2)])
+def test_avg_pool_2x2_same_matches_haiku(shape):
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  want = hk.avg_pool(x, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")
+  np.testing.assert_allclose(layers.avg_pool_2x2_same(x), want, rtol=1e-6, atol=1e-6)
+
+
+def test_avg_pool_2x2_same_large_1x1_input():
+  # XLA:CPU's SAME reduce_window is wrong here (batch x channels >= 4096); ours is exact.
+  x = jax.random.normal(jax.random.PRNGKey(0), (24, 1, 1, 192))
+  np.testing.assert_allclose(layers.avg_pool_2x2_same(x), x, rtol=1e-6)

@@ -167,8 +167,7 @@ class NFBlock(hk.Module):
   def __call__(self, x: jax.Array, is_training: bool):
     out = self.activation(x) * self.spec.beta
     if self.spec.stride > 1:
-      shortcut = hk.avg_pool(out, window_shape=(1, 2, 2, 1), strides=(1, 2, 2, 1),
-                             padding="SAME")
+      shortcut = layers.avg_pool_2x2_same(out)  # == hk.avg_pool(2x2, stride 2, SAME)
       shortcut = self.conv_shortcut(shortcut)
     elif self.use_projection:
       shortcut = self.conv_shortcut(out)
