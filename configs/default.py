@@ -1,0 +1,79 @@
+"""Shared defaults of every experiment config: the NFNet ImageNet recipe (facts, section 5).
+
+Not a runnable config by itself; the configs beside it start from ``get_default()`` and
+override fields. Field meanings are documented inline.
+"""
+import ml_collections
+
+
+def get_default() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = "nfnet_f0"                  # a name in nfnets_jax.models (list_models())
+  c.model_kwargs = ml_collections.ConfigDict()  # constructor overrides (width, drop_rate, ...)
+  c.dataset = "imagenet2012"            # TFDS name, or 'synthetic' (tests, benchmarks)
+  c.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir (None = default)
+  c.train_split = "train"
+  c.eval_split = "validation"           # ImageNet test = TFDS validation
+  c.train_image_size = 192
+  c.eval_image_size = 256
+  c.train_preproc = "inception_crop"    # 'inception_crop' | 'pad_crop' | 'none'
+  c.eval_preproc = "resize_crop_32"     # 'resize_crop_32' | 'crop_resize' | 'none'
+  c.eval_crop_pct = 0.875
+  c.normalization = "imagenet"          # 'imagenet' | 'dataset' | 'none'
+  c.augment = ml_collections.ConfigDict(dict(
+      flip=True, pad=4, randaugment_layers=4, randaugment_magnitude=5, mixup_alpha=0.2,
+      cutmix=True))
+  c.shuffle_buffer = 16384
+  c.batch_size = 4096                   # GLOBAL batch per optimizer step
+  c.per_device_batch_size = ml_collections.config_dict.placeholder(int)  # None: batch/devices
+  c.eval_batch_size = 1024              # global
+  c.num_epochs = 360.0
+  c.num_train_steps = ml_collections.config_dict.placeholder(int)  # overrides num_epochs
+  c.label_smoothing = 0.1
+  c.compute_dtype = "bfloat16"          # params/grads/optimizer state stay float32
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="sgd_agc",                   # 'sgd_agc' | 'sgd' | 'sgd_global_clip' | 'adamw'
+      base_lr=0.1,
+      # lr = base_lr * batch_size / lr_scale_batch (None: no scaling)
+      lr_scale_batch=ml_collections.config_dict.placeholder(int),
+      warmup_epochs=5.0, schedule="cosine", end_lr=0.0,
+      momentum=0.9, nesterov=True, weight_decay=2e-5,
+      clipping=0.01, agc_eps=1e-3, agc_exclude="reference",
+      global_clip_norm=1.0,
+      adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8,
+      skip_nonfinite=False))
+  c.optimizer.lr_scale_batch = 256
+  c.ema_decay = ml_collections.config_dict.placeholder(float)
+  c.ema_decay = 0.99999                 # None disables the parameter EMA
+  c.nonfinite = "stop"                  # 'stop' | 'skip' on a non-finite loss
+  c.log_every_steps = 50
+  c.eval_every_steps = 0                # 0 = evaluate only at the end
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  # Engine knobs (rarely changed).
+  c.num_devices = ml_collections.config_dict.placeholder(int)  # first N local devices (1 process)
+  c.debug_nan_at_step = ml_collections.config_dict.placeholder(int)  # test hook: NaN at step
+  c.synthetic = ml_collections.ConfigDict(dict(  # used when dataset == 'synthetic'
+      num_classes=10, channels=3, num_train_examples=1024, num_eval_examples=100, noise=1.0))
+  return c
+
+
+def parse_args(arg, known=()):
+  """Splits ``'F0,local'`` into ``('F0', {'local'})``; unknown flags are an error."""
+  parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
+  head = parts[0] if parts else None
+  flags = set(parts[1:])
+  unknown = flags - set(known)
+  if unknown:
+    raise ValueError(f"Unknown config option(s) {sorted(unknown)}; known: {sorted(known)}.")
+  return head, flags
+
+
+def parse_flags(arg, known=()):
+  """``'local'`` -> ``{'local'}`` for configs without a variant argument."""
+  flags = {p.strip() for p in (arg or "").split(",") if p.strip()}
+  unknown = flags - set(known)
+  if unknown:
+    raise ValueError(f"Unknown config option(s) {sorted(unknown)}; known: {sorted(known)}.")
+  return flags
