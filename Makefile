@@ -8,7 +8,7 @@ WORKDIR ?= $(CURDIR)/workdirs/fashion_mnist
 CONFIG ?= configs/fashion_mnist.py
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-all train data clean
+.PHONY: venv test test-all train data sweep clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,10 @@ data: $(STAMP)
 # Trains the embedded demo and prints `final: top1=... top5=...`.
 train: data
 	$(PY) experiments/train.py --config=$(CONFIG) --workdir=$(WORKDIR) --config.data_dir=$(DATA_DIR)
+
+# The default clipping x batch-size sweep on the demo (about 45 minutes on 2 CPU cores).
+sweep: data
+	$(PY) scripts/sweep_clipping.py --config=configs/fashion_mnist_sweep.py --config.data_dir=$(DATA_DIR) --workdir=$(CURDIR)/workdirs/sweep
 
 clean:
 	rm -rf $(VENV) workdirs

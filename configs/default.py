@@ -59,6 +59,21 @@ def get_default() -> ml_collections.ConfigDict:
   return c
 
 
+def apply_local(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The ImageNet configs' ``local`` setting: ten tiny float32 steps at 64 px, for a laptop."""
+  c.batch_size = 16
+  c.eval_batch_size = 16
+  c.num_train_steps = 10
+  c.train_image_size = 64
+  c.eval_image_size = 64
+  c.eval_split = "validation[:64]"
+  c.shuffle_buffer = 256
+  c.compute_dtype = "float32"
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = 5
+  return c
+
+
 def parse_args(arg, known=()):
   """Splits ``'F0,local'`` into ``('F0', {'local'})``; unknown flags are an error."""
   parts = [p.strip() for p in (arg or "").split(",") if p.strip()]

@@ -42,14 +42,5 @@ def get_config(arg=None):
   c.optimizer.lr_scale_batch = None
   c.optimizer.weight_decay = wd
   if "local" in flags:
-    c.batch_size = 16
-    c.eval_batch_size = 16
-    c.num_train_steps = 10
-    c.train_image_size = 64
-    c.eval_image_size = 64
-    c.eval_split = "validation[:64]"
-    c.shuffle_buffer = 256
-    c.compute_dtype = "float32"
-    c.log_every_steps = 1
-    c.checkpoint_every_steps = 5
+    default.apply_local(c)
   return c

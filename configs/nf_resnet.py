@@ -35,14 +35,5 @@ def get_config(arg=None):
   c.optimizer.weight_decay = 5e-5
   c.optimizer.clipping = 0.01
   if "local" in flags:
-    c.batch_size = 16
-    c.eval_batch_size = 16
-    c.num_train_steps = 10
-    c.train_image_size = 64
-    c.eval_image_size = 64
-    c.eval_split = "validation[:64]"
-    c.shuffle_buffer = 256
-    c.compute_dtype = "float32"
-    c.log_every_steps = 1
-    c.checkpoint_every_steps = 5
+    default.apply_local(c)
   return c
