@@ -1,0 +1,213 @@
+"""Benchmarks NFNet training/eval steps, AGC overhead, grouped-conv paths and the input pipeline.
+
+Examples (see docs/benchmarks.md for the measured tables):
+
+  python scripts/benchmark.py --model=nfnet_f0 --batch=8 --image_size=192 --mode=train
+  python scripts/benchmark.py --mode=train --compare=impl     # native vs split grouped convs
+  python scripts/benchmark.py --mode=train --compare=agc      # sgd_agc vs sgd, interleaved
+  python scripts/benchmark.py --sweep --sweep_batches=1,4,8 --sweep_modes=train,eval
+  python scripts/benchmark.py --sweep --sweep_models=nfnet_f0,nfnet_f3,nfnet_f7 \
+      --sweep_batches=1 --compile_only                      # compile time of the first step
+  python scripts/benchmark.py --input_pipeline               # ImageNet train pipeline img/s
+
+On a GPU run the same commands with ``--precision=bfloat16`` and a larger ``--batch``; 'auto'
+grouped convolutions resolve to the native kernel there and the peak is a bf16 matmul.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from nfnets_jax import benchmarking  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def _csv(s: str) -> List[str]:
+  return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _kv(s: str):
+  """``key=value`` with the value parsed as JSON when possible (numbers, bools, null)."""
+  if "=" not in s:
+    raise argparse.ArgumentTypeError(f"--model_kw expects key=value, got {s!r}.")
+  k, v = s.split("=", 1)
+  try:
+    return k, json.loads(v)
+  except json.JSONDecodeError:
+    return k, v
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", default="nfnet_f0")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--image_size", type=int, default=0,
+                 help="0 = the model's train size (train) or test size (eval).")
+  p.add_argument("--mode", default="train", choices=benchmarking.MODES)
+  p.add_argument("--precision", default="float32", choices=tuple(benchmarking.PRECISIONS))
+  p.add_argument("--no_agc", action="store_true", help="Plain SGD ('sgd') instead of 'sgd_agc'.")
+  p.add_argument("--grouped_conv_impl", default="auto", choices=("auto", "native", "split"))
+  p.add_argument("--num_classes", type=int, default=1000)
+  p.add_argument("--model_kw", type=_kv, action="append", default=[],
+                 help="Model constructor override key=value (repeatable), e.g. width=0.25.")
+  p.add_argument("--steps", type=int, default=5, help="Timed steps (per variant).")
+  p.add_argument("--warmup", type=int, default=1, help="Untimed steps after the first call.")
+  p.add_argument("--compare", choices=("impl", "agc"), default=None,
+                 help="impl: native vs split grouped convs; agc: sgd_agc vs sgd. Interleaved.")
+  p.add_argument("--update_rounds", type=int, default=20,
+                 help="--compare=agc: interleaved rounds of the update-only timing.")
+  p.add_argument("--sweep", action="store_true", help="Product of the --sweep_* lists.")
+  p.add_argument("--sweep_models", type=_csv, default=None)
+  p.add_argument("--sweep_batches", type=_csv, default=None)
+  p.add_argument("--sweep_modes", type=_csv, default=None)
+  p.add_argument("--sweep_impls", type=_csv, default=None)
+  p.add_argument("--compile_only", action="store_true",
+                 help="Lower and compile only (no parameters allocated, no steps run).")
+  p.add_argument("--no_peak", action="store_true", help="Skip the matmul peak measurement.")
+  p.add_argument("--peak_n", type=int, default=0, help="Matmul size for the peak (0 = auto).")
+  p.add_argument("--input_pipeline", action="store_true",
+                 help="Also measure the ImageNet train input pipeline on generated JPEGs.")
+  p.add_argument("--pipeline_images", type=int, default=256,
+                 help="Generated JPEGs for --input_pipeline.")
+  p.add_argument("--pipeline_batches", type=int, default=10, help="Timed batches.")
+  p.add_argument("--pipeline_only", action="store_true", help="Only the input pipeline.")
+  p.add_argument("--json", default=None, help="Write all results to this JSON file.")
+  args = p.parse_args(argv)
+  if args.batch < 1:
+    p.error(f"--batch must be >= 1, got {args.batch}.")
+  if args.steps < 1 or args.warmup < 0:
+    p.error("--steps must be >= 1 and --warmup >= 0.")
+  if args.compare and args.sweep:
+    p.error("--compare and --sweep are exclusive; run them separately.")
+  return args
+
+
+def _image_size(model: str, mode: str, requested: int) -> int:
+  if requested:
+    return requested
+  from nfnets_jax import models  # pylint: disable=import-outside-toplevel
+  info = models.get_info(model)
+  return info.train_image_size if mode == "train" else info.test_image_size
+
+
+def build_configs(args) -> List[benchmarking.BenchConfig]:
+  base = dict(precision=args.precision, num_classes=args.num_classes,
+              model_kwargs=dict(args.model_kw))
+  if args.sweep:
+    cfgs = []
+    for model in args.sweep_models or [args.model]:
+      for mode in args.sweep_modes or [args.mode]:
+        for impl in args.sweep_impls or [args.grouped_conv_impl]:
+          for batch in args.sweep_batches or [args.batch]:
+            cfgs.append(benchmarking.BenchConfig(
+                model=model, mode=mode, batch=int(batch), agc=not args.no_agc,
+                image_size=_image_size(model, mode, args.image_size),
+                grouped_conv_impl=impl, **base))
+    return cfgs
+  one = dict(model=args.model, mode=args.mode, batch=args.batch,
+             image_size=_image_size(args.model, args.mode, args.image_size), **base)
+  if args.compare == "impl":
+    return [benchmarking.BenchConfig(grouped_conv_impl="native", agc=not args.no_agc, **one),
+            benchmarking.BenchConfig(grouped_conv_impl="split", agc=not args.no_agc, **one)]
+  if args.compare == "agc":
+    if args.mode != "train":
+      raise SystemExit("--compare=agc needs --mode=train.")
+    return [benchmarking.BenchConfig(grouped_conv_impl=args.grouped_conv_impl, agc=True, **one),
+            benchmarking.BenchConfig(grouped_conv_impl=args.grouped_conv_impl, agc=False, **one)]
+  return [benchmarking.BenchConfig(grouped_conv_impl=args.grouped_conv_impl,
+                                   agc=not args.no_agc, **one)]
+
+
+def _fmt(x, spec):
+  return "n/a" if x is None else format(x, spec)
+
+
+def table(results: List[dict]) -> str:
+  """Markdown table; 'XLA GiB' is the compiled step's live-buffer estimate, 'peak GiB' the
+  backend's peak (process-wide, see ``peak_memory_source``)."""
+  head = ("| config | lower s | compile s | step s (median) | img/s | GFLOP/s | % peak "
+          "| XLA GiB | peak GiB |")
+  rows = [head, "|" + "---|" * 9]
+  for r in results:
+    gfl = r.get("achieved_flops_per_s")
+    frac = r.get("fraction_of_peak")
+    mem = r.get("peak_memory_bytes")
+    est = (r.get("compiled_memory") or {}).get("total_live_estimate_bytes")
+    rows.append(
+        f"| {r['name']} | {_fmt(r['lower_s'], '.1f')} | {_fmt(r['compile_s'], '.1f')} | "
+        f"{_fmt(r.get('step_time_median_s'), '.3f')} | {_fmt(r.get('images_per_s'), '.2f')} | "
+        f"{_fmt(gfl and gfl / 1e9, '.1f')} | {_fmt(frac and 100 * frac, '.1f')} | "
+        f"{_fmt(est and est / 2**30, '.2f')} | {_fmt(mem and mem / 2**30, '.2f')} |")
+  return "\n".join(rows)
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+  args = parse_args(argv)
+  out = dict(machine=benchmarking.machine_info(), argv=list(sys.argv if argv is None else argv),
+             flop_convention=benchmarking.FLOP_CONVENTION, results=[], comparisons=[])
+  print(f"backend {out['machine']['backend']} ({out['machine']['device_kind']}), "
+        f"{out['machine']['cpu_model']}, {out['machine']['cpu_cores']} cores, "
+        f"jax {out['machine']['jax']}", flush=True)
+  if not args.pipeline_only:
+    peak = None
+    if not args.no_peak and not args.compile_only:
+      out["peak"] = benchmarking.matmul_peak(args.peak_n or None)
+      peak = out["peak"]["flops_per_s"]
+      print(f"matmul peak: {out['peak']['n']}^2 {out['peak']['dtype']}: "
+            f"{peak / 1e9:.1f} GFLOP/s", flush=True)
+    cfgs = build_configs(args)
+    results = benchmarking.measure(
+        cfgs, steps=args.steps, warmup=args.warmup, peak_flops=peak,
+        compile_only=args.compile_only, log=lambda s: print(s, flush=True))
+    if peak is not None:
+      # Background load makes a single matmul reading noisy: take the best of before/after.
+      after = benchmarking.matmul_peak(args.peak_n or None)
+      out["peak_after"] = after
+      if after["flops_per_s"] > peak:
+        out["peak"] = after
+        peak = after["flops_per_s"]
+        for r in results:
+          if "achieved_flops_per_s" in r:
+            r["fraction_of_peak"] = r["achieved_flops_per_s"] / peak
+      print(f"matmul peak after: {after['flops_per_s'] / 1e9:.1f} GFLOP/s; using "
+            f"{peak / 1e9:.1f}", flush=True)
+    out["results"] = results
+    if args.compare == "impl":
+      out["comparisons"].append(benchmarking.ratio(results, 1, 0, "split_over_native"))
+    elif args.compare == "agc":
+      c = benchmarking.ratio(results, 0, 1, "agc_over_sgd")
+      if "step_time_ratio" in c:
+        c["agc_overhead_fraction"] = c["step_time_ratio_per_round_median"] - 1.0
+        # The step difference is noisy; the update-only difference isolates AGC's cost.
+        upd = benchmarking.optimizer_update_benchmark(cfgs[0], rounds=args.update_rounds)
+        c["update_only"] = upd
+        step_sgd = results[1]["step_time_median_s"]
+        for stat in ("median_s", "min_s"):
+          extra = upd["sgd_agc"][stat] - upd["sgd"][stat]
+          c[f"agc_update_extra_{stat}"] = extra
+          c[f"agc_overhead_fraction_from_update_{stat[:-2]}"] = extra / step_sgd
+      out["comparisons"].append(c)
+    print(table(results))
+    for c in out["comparisons"]:
+      print(json.dumps(c))
+  if args.input_pipeline or args.pipeline_only:
+    out["input_pipeline"] = benchmarking.input_pipeline_benchmark(
+        num_images=args.pipeline_images, batches=args.pipeline_batches,
+        log=lambda s: print(s, flush=True))
+    ip = out["input_pipeline"]
+    print(f"input pipeline: {ip['images_per_s']:.1f} img/s, "
+          f"{ip['images_per_s_per_core']:.1f} img/s per core ({ip['cpu_cores']} cores)")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(out, f, indent=1)
+    print(f"wrote {args.json}")
+  return out
+
+
+if __name__ == "__main__":
+  main()
