@@ -17,8 +17,10 @@ from nfnets_jax import layers
 from nfnets_jax import models
 from nfnets_jax.models import nfnet
 
-REFERENCE_TREE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "..", "shared", "reference", "nfnet_f0_param_tree.json")
+# A copy of shared/reference/nfnet_f0_param_tree.json (DeepMind's released F0 names and shapes),
+# kept beside the tests so that a clone on its own can run them.
+REFERENCE_TREE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
+                              "nfnet_f0_param_tree.json")
 TINY = dict(variant="F0", width=0.25, group_width=32)
 ALPHA = 0.2
 
