@@ -105,9 +105,7 @@ def _run_until(command, env, marker, sig):
   return proc.returncode, "".join(lines) + (rest or "")
 
 
-# Four training processes one after the other: ~3 min on 2 busy cores. The fast suite covers
-# SIGTERM save-and-resume in process (tests/test_train_engine.py).
-@pytest.mark.slow
+# Four training processes one after the other: ~1 min on 2 idle cores.
 def test_sigterm_and_sigkill_then_resume_match_uninterrupted_run(tmp_path):
   total = 400
   flags = [f"--config.num_train_steps={total}", "--config.checkpoint_every_steps=20",
