@@ -12,27 +12,14 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import nf_resnet  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def get_config(arg=None):
-  depth, flags = default.parse_args(arg or "50", known=("local",))
-  c = default.get_default()
-  c.model = f"resnet{depth}_bn"
-  c.model_kwargs = default.ml_collections.ConfigDict()
-  c.train_image_size = 224
-  c.eval_image_size = 224
-  c.eval_preproc = "crop_resize"
-  c.augment = default.ml_collections.ConfigDict(dict(
-      flip=True, pad=0, randaugment_layers=0, randaugment_magnitude=0, mixup_alpha=0.0,
-      cutmix=False))
-  c.batch_size = 1024
-  c.num_epochs = 90.0
+  # The NF-ResNet recipe with the BatchNorm model, plain SGD (no clipping) and no EMA.
+  c = nf_resnet.get_config(arg)
+  c.model = c.model.replace("nf_resnet", "resnet") + "_bn"
   c.optimizer.name = "sgd"
-  c.optimizer.base_lr = 0.4
-  c.optimizer.lr_scale_batch = 1024
-  c.optimizer.weight_decay = 5e-5
+  c.optimizer.warmup_epochs = 5.0
   c.ema_decay = None
-  if "local" in flags:
-    default.apply_local(c)
   return c
