@@ -264,6 +264,21 @@ def avg_pool_2x2_same(x: jax.Array) -> jax.Array:
   return total / jnp.asarray(counts, x.dtype)
 
 
+def nf_shortcut(x: jax.Array, out: jax.Array, stride: int,
+                conv_shortcut: Optional[Callable[[jax.Array], jax.Array]]) -> jax.Array:
+  """The NFNet-style shortcut of a pre-activation block.
+
+  ``x`` is the block input and ``out = act(x) * beta``. At stride 2: 2x2 average pool of ``out``
+  then the 1x1 ``conv_shortcut``; with a projection at stride 1: ``conv_shortcut(out)``;
+  otherwise the raw ``x``.
+  """
+  if stride > 1:
+    return conv_shortcut(avg_pool_2x2_same(out))
+  if conv_shortcut is not None:
+    return conv_shortcut(out)
+  return x
+
+
 def signal_metrics(x: jax.Array, prefix: str) -> dict:
   """Average channel squared mean and average channel variance of NHWC ``x``."""
   metrics = {}

@@ -166,13 +166,8 @@ class NFBlock(hk.Module):
 
   def __call__(self, x: jax.Array, is_training: bool):
     out = self.activation(x) * self.spec.beta
-    if self.spec.stride > 1:
-      shortcut = layers.avg_pool_2x2_same(out)  # == hk.avg_pool(2x2, stride 2, SAME)
-      shortcut = self.conv_shortcut(shortcut)
-    elif self.use_projection:
-      shortcut = self.conv_shortcut(out)
-    else:
-      shortcut = x
+    shortcut = layers.nf_shortcut(
+        x, out, self.spec.stride, self.conv_shortcut if self.use_projection else None)
     out = self.conv0(out)
     out = self.conv1(self.activation(out))
     if self.use_two_convs:
