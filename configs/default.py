@@ -51,6 +51,9 @@ def get_default() -> ml_collections.ConfigDict:
   c.eval_every_steps = 0                # 0 = evaluate only at the end
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
+  # Write checkpoints in a background thread (orbax async) while training continues; the
+  # state is copied first. False: every save blocks until it is on disk.
+  c.async_checkpointing = True
   # Engine knobs (rarely changed).
   c.num_devices = ml_collections.config_dict.placeholder(int)  # first N local devices (1 process)
   c.debug_nan_at_step = ml_collections.config_dict.placeholder(int)  # test hook: NaN at step

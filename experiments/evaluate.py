@@ -17,6 +17,8 @@ from absl import flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from nfnets_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
+from nfnets_jax import engine  # noqa: E402  pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config (configs/*.py[:arg]).",
@@ -42,19 +44,12 @@ flags.mark_flags_as_required(["config", "checkpoint"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from nfnets_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  from nfnets_jax import evaluate_checkpoint as ec  # pylint: disable=g-import-not-at-top
-  from nfnets_jax.data import DatasetNotFoundError  # pylint: disable=g-import-not-at-top
-  try:
-    ec.evaluate_checkpoint(
-        FLAGS.checkpoint, FLAGS.config, dataset=FLAGS.dataset, split=FLAGS.split,
-        image_size=FLAGS.image_size, batch_size=FLAGS.batch_size, data_dir=FLAGS.data_dir,
-        use_ema=FLAGS.use_ema, step=FLAGS.step, trust=FLAGS.trust_checkpoint,
-        expected_md5=FLAGS.checkpoint_md5, output=FLAGS.output)
-  except (ec.EvaluationError, checkpoints.CheckpointError, DatasetNotFoundError,
-          FileNotFoundError) as e:
-    sys.exit(f"Error: {e}")
+  engine.evaluate_checkpoint(
+      FLAGS.checkpoint, FLAGS.config, dataset=FLAGS.dataset, split=FLAGS.split,
+      image_size=FLAGS.image_size, batch_size=FLAGS.batch_size, data_dir=FLAGS.data_dir,
+      use_ema=FLAGS.use_ema, step=FLAGS.step, trust=FLAGS.trust_checkpoint,
+      expected_md5=FLAGS.checkpoint_md5, output=FLAGS.output)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

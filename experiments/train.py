@@ -16,6 +16,8 @@ from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from nfnets_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
+from nfnets_jax import engine  # noqa: E402  pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
@@ -43,24 +45,11 @@ def main(argv):
       kwargs = dict(coordinator_address=FLAGS.coordinator_address,
                     num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     jax.distributed.initialize(**kwargs)
-  from nfnets_jax import config_validation  # pylint: disable=g-import-not-at-top
-  from nfnets_jax import train  # pylint: disable=g-import-not-at-top
   if not FLAGS["verbosity"].present:
     # Library INFO logs (TFDS, orbax) would drown the progress lines; --verbosity=0 shows them.
     logging.set_verbosity(logging.WARNING)
-  try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except config_validation.ConfigError as e:
-    sys.exit(f"Config error: {e}")
-  except train.NonFiniteLossError as e:
-    sys.exit(f"Stopped: {e}")
-  if jax.process_count() == 1:
-    # Everything is written and closed; skip interpreter teardown, where TensorFlow's input
-    # threads were seen to deadlock once after a finished run.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+  engine.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

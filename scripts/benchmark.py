@@ -23,7 +23,7 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nfnets_jax import benchmarking  # noqa: E402  pylint: disable=wrong-import-position
+from nfnets_jax.research import benchmark  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _csv(s: str) -> List[str]:
@@ -48,8 +48,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--image_size", type=int, default=0,
                  help="0 = the model's train size (train) or test size (eval).")
-  p.add_argument("--mode", default="train", choices=benchmarking.MODES)
-  p.add_argument("--precision", default="float32", choices=tuple(benchmarking.PRECISIONS))
+  p.add_argument("--mode", default="train", choices=benchmark.MODES)
+  p.add_argument("--precision", default="float32", choices=tuple(benchmark.PRECISIONS))
   p.add_argument("--no_agc", action="store_true", help="Plain SGD ('sgd') instead of 'sgd_agc'.")
   p.add_argument("--grouped_conv_impl", default="auto", choices=("auto", "native", "split"))
   p.add_argument("--num_classes", type=int, default=1000)
@@ -95,7 +95,7 @@ def _image_size(model: str, mode: str, requested: int) -> int:
   return info.train_image_size if mode == "train" else info.test_image_size
 
 
-def build_configs(args) -> List[benchmarking.BenchConfig]:
+def build_configs(args) -> List[benchmark.BenchConfig]:
   base = dict(precision=args.precision, num_classes=args.num_classes,
               model_kwargs=dict(args.model_kw))
   if args.sweep:
@@ -104,7 +104,7 @@ def build_configs(args) -> List[benchmarking.BenchConfig]:
       for mode in args.sweep_modes or [args.mode]:
         for impl in args.sweep_impls or [args.grouped_conv_impl]:
           for batch in args.sweep_batches or [args.batch]:
-            cfgs.append(benchmarking.BenchConfig(
+            cfgs.append(benchmark.BenchConfig(
                 model=model, mode=mode, batch=int(batch), agc=not args.no_agc,
                 image_size=_image_size(model, mode, args.image_size),
                 grouped_conv_impl=impl, **base))
@@ -112,14 +112,14 @@ def build_configs(args) -> List[benchmarking.BenchConfig]:
   one = dict(model=args.model, mode=args.mode, batch=args.batch,
              image_size=_image_size(args.model, args.mode, args.image_size), **base)
   if args.compare == "impl":
-    return [benchmarking.BenchConfig(grouped_conv_impl="native", agc=not args.no_agc, **one),
-            benchmarking.BenchConfig(grouped_conv_impl="split", agc=not args.no_agc, **one)]
+    return [benchmark.BenchConfig(grouped_conv_impl="native", agc=not args.no_agc, **one),
+            benchmark.BenchConfig(grouped_conv_impl="split", agc=not args.no_agc, **one)]
   if args.compare == "agc":
     if args.mode != "train":
       raise SystemExit("--compare=agc needs --mode=train.")
-    return [benchmarking.BenchConfig(grouped_conv_impl=args.grouped_conv_impl, agc=True, **one),
-            benchmarking.BenchConfig(grouped_conv_impl=args.grouped_conv_impl, agc=False, **one)]
-  return [benchmarking.BenchConfig(grouped_conv_impl=args.grouped_conv_impl,
+    return [benchmark.BenchConfig(grouped_conv_impl=args.grouped_conv_impl, agc=True, **one),
+            benchmark.BenchConfig(grouped_conv_impl=args.grouped_conv_impl, agc=False, **one)]
+  return [benchmark.BenchConfig(grouped_conv_impl=args.grouped_conv_impl,
                                    agc=not args.no_agc, **one)]
 
 
@@ -148,25 +148,25 @@ def table(results: List[dict]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> dict:
   args = parse_args(argv)
-  out = dict(machine=benchmarking.machine_info(), argv=list(sys.argv if argv is None else argv),
-             flop_convention=benchmarking.FLOP_CONVENTION, results=[], comparisons=[])
+  out = dict(machine=benchmark.machine_info(), argv=list(sys.argv if argv is None else argv),
+             flop_convention=benchmark.FLOP_CONVENTION, results=[], comparisons=[])
   print(f"backend {out['machine']['backend']} ({out['machine']['device_kind']}), "
         f"{out['machine']['cpu_model']}, {out['machine']['cpu_cores']} cores, "
         f"jax {out['machine']['jax']}", flush=True)
   if not args.pipeline_only:
     peak = None
     if not args.no_peak and not args.compile_only:
-      out["peak"] = benchmarking.matmul_peak(args.peak_n or None)
+      out["peak"] = benchmark.matmul_peak(args.peak_n or None)
       peak = out["peak"]["flops_per_s"]
       print(f"matmul peak: {out['peak']['n']}^2 {out['peak']['dtype']}: "
             f"{peak / 1e9:.1f} GFLOP/s", flush=True)
     cfgs = build_configs(args)
-    results = benchmarking.measure(
+    results = benchmark.measure(
         cfgs, steps=args.steps, warmup=args.warmup, peak_flops=peak,
         compile_only=args.compile_only, log=lambda s: print(s, flush=True))
     if peak is not None:
       # Background load makes a single matmul reading noisy: take the best of before/after.
-      after = benchmarking.matmul_peak(args.peak_n or None)
+      after = benchmark.matmul_peak(args.peak_n or None)
       out["peak_after"] = after
       if after["flops_per_s"] > peak:
         out["peak"] = after
@@ -178,13 +178,13 @@ def main(argv: Optional[List[str]] = None) -> dict:
             f"{peak / 1e9:.1f}", flush=True)
     out["results"] = results
     if args.compare == "impl":
-      out["comparisons"].append(benchmarking.ratio(results, 1, 0, "split_over_native"))
+      out["comparisons"].append(benchmark.ratio(results, 1, 0, "split_over_native"))
     elif args.compare == "agc":
-      c = benchmarking.ratio(results, 0, 1, "agc_over_sgd")
+      c = benchmark.ratio(results, 0, 1, "agc_over_sgd")
       if "step_time_ratio" in c:
         c["agc_overhead_fraction"] = c["step_time_ratio_per_round_median"] - 1.0
         # The step difference is noisy; the update-only difference isolates AGC's cost.
-        upd = benchmarking.optimizer_update_benchmark(cfgs[0], rounds=args.update_rounds)
+        upd = benchmark.optimizer_update_benchmark(cfgs[0], rounds=args.update_rounds)
         c["update_only"] = upd
         step_sgd = results[1]["step_time_median_s"]
         for stat in ("median_s", "min_s"):
@@ -196,7 +196,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     for c in out["comparisons"]:
       print(json.dumps(c))
   if args.input_pipeline or args.pipeline_only:
-    out["input_pipeline"] = benchmarking.input_pipeline_benchmark(
+    out["input_pipeline"] = benchmark.input_pipeline_benchmark(
         num_images=args.pipeline_images, batches=args.pipeline_batches,
         log=lambda s: print(s, flush=True))
     ip = out["input_pipeline"]

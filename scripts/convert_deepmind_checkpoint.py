@@ -5,7 +5,7 @@
 The input's MD5 is checked against the released files before it is unpickled (with a
 restricted loader); a file with another MD5 needs ``--trust`` or ``--md5``. Every parameter
 name and shape is validated against the model. The output loads with
-``nfnets_jax.checkpoints.load_params(path, model_name='nfnet_f0')`` and contains no pickle.
+``nfnets_jax.weights.deepmind.load_params(path, model_name='nfnet_f0')`` and contains no pickle.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nfnets_jax import checkpoints  # noqa: E402
+from nfnets_jax.weights import deepmind  # noqa: E402
 
 
 def _parse_model_kw(items):
@@ -50,20 +50,20 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   model_kw = _parse_model_kw(args.model_kw)
-  md5 = checkpoints.file_md5(args.input)
+  md5 = deepmind.file_md5(args.input)
   try:
-    params = checkpoints.load_deepmind_checkpoint(
+    params = deepmind.load_deepmind_checkpoint(
         args.input, args.variant, expected_md5=args.md5, trust=args.trust,
         num_classes=args.num_classes, **model_kw)
-  except checkpoints.CheckpointError as e:
+  except deepmind.CheckpointError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  variant = args.variant or checkpoints._VARIANT_BY_MD5.get(md5) or \
-      checkpoints._infer_variant(params, next(iter(params)).split("/")[0])
-  model_name = checkpoints._model_name(variant)
+  variant = args.variant or deepmind._VARIANT_BY_MD5.get(md5) or \
+      deepmind._infer_variant(params, next(iter(params)).split("/")[0])
+  model_name = deepmind._model_name(variant)
   num_classes = int(params["NFNet/~/linear"]["b"].shape[0]) if "NFNet/~/linear" in params \
       else args.num_classes
-  checkpoints.save_params_npz(params, args.output, metadata=dict(
+  deepmind.save_params_npz(params, args.output, metadata=dict(
       model_name=model_name, num_classes=num_classes, model_overrides=model_kw,
       source=os.path.basename(args.input), source_md5=md5))
   n = sum(v.size for d in params.values() for v in d.values())

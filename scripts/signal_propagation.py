@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from nfnets_jax import signal_propagation  # noqa: E402
+from nfnets_jax.research import signal_propagation  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "nfnet_f0", "Registered NF model to analyse.")

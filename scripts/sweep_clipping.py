@@ -48,7 +48,7 @@ flags.DEFINE_integer("max_attempts", 2,
 
 
 def _grid():
-  from nfnets_jax import sweep  # pylint: disable=import-outside-toplevel
+  from nfnets_jax.research import sweep  # pylint: disable=import-outside-toplevel
   return sweep.expand_grid(sweep.parse_clipping(FLAGS.clipping),
                            sweep.parse_batch_sizes(FLAGS.batch_sizes),
                            sweep.parse_baselines(FLAGS.baselines))
@@ -60,7 +60,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments {args}; the only subcommand is 'collect'.")
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required (the sweep directory).")
-  from nfnets_jax import sweep  # pylint: disable=import-outside-toplevel
+  from nfnets_jax.research import sweep  # pylint: disable=import-outside-toplevel
   if FLAGS.collect or args == ["collect"]:
     sweep.collect(FLAGS.workdir)
     return
@@ -78,7 +78,7 @@ def main(argv):
       print(f"{p.index:3d}  {p.name:24s} batch {p.batch_size:6d}  {cfg.optimizer.name:16s} "
             f"lr {sweep.scaled_lr(cfg):.4g}  model {cfg.model}")
     return
-  from nfnets_jax import train  # pylint: disable=import-outside-toplevel
+  from nfnets_jax.engine import train  # pylint: disable=import-outside-toplevel
   print(f"Sweep of {len(points)} points in {FLAGS.workdir} "
         f"({'only point ' + str(FLAGS.only) if FLAGS.only is not None else 'all points'}); "
         "the ETA is printed after each point.")

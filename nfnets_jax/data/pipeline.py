@@ -20,6 +20,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from nfnets_jax.errors import DatasetNotFoundError, UnknownDatasetError
+
 from nfnets_jax.data import mixing
 from nfnets_jax.data import preprocessing
 from nfnets_jax.data import randaugment as randaugment_lib
@@ -50,8 +52,6 @@ def list_supported() -> Dict[str, str]:
   return dict(SUPPORTED)
 
 
-class DatasetNotFoundError(FileNotFoundError):
-  """The TFDS dataset is not prepared in the data_dir that was searched."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +79,7 @@ def _builder(config):
   try:
     return tfds.builder(name, data_dir=config.get("data_dir", None))
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(
+    raise UnknownDatasetError(
         f"config.dataset={name!r} is not a TFDS dataset name. Supported here: "
         f"{sorted(SUPPORTED)} (any TFDS image classification dataset works).") from e
 

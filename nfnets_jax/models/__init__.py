@@ -1,6 +1,10 @@
 """The Normalizer-Free model family and a name registry (``create``).
 
-Each family module registers its names with :func:`register` when imported below.
+Each family module registers its names with :func:`register` when imported below. The model
+classes are public: ``from nfnets_jax.models import NFNet, NFResNet, NFRegNet, ResNet, NFNetL``
+(each a Haiku module called as ``model(images, is_training)`` inside ``hk.transform``);
+``create(name, num_classes, **overrides)`` builds any registered name, ``list_models()`` lists
+them and ``get_info(name)`` gives sizes and defaults. Imports only ``layers``.
 """
 from nfnets_jax.models.registry import ModelInfo, create, get_info, list_models, register
 
@@ -12,4 +16,12 @@ from nfnets_jax.models import resnet  # noqa: F401,E402  pre-activation BatchNor
 from nfnets_jax.models import nfnet_l  # noqa: F401,E402  timm's NFNet-L0 / ECA-NFNet-L0..L3
 from nfnets_jax.models import demo  # noqa: F401,E402  small NF model for the Fashion-MNIST demo
 
-__all__ = ["ModelInfo", "create", "get_info", "list_models", "register"]
+from nfnets_jax.models.demo import NFDemo  # noqa: E402
+from nfnets_jax.models.nf_regnet import NFRegNet  # noqa: E402
+from nfnets_jax.models.nf_resnet import NFResNet  # noqa: E402
+from nfnets_jax.models.nfnet import NFNet  # noqa: E402
+from nfnets_jax.models.nfnet_l import NFNetL  # noqa: E402
+from nfnets_jax.models.resnet import ResNet  # noqa: E402
+
+__all__ = ["ModelInfo", "NFDemo", "NFNet", "NFNetL", "NFRegNet", "NFResNet", "ResNet", "create",
+           "get_info", "list_models", "register"]

@@ -1,0 +1,232 @@
+"""Exact-once evaluation: top-1, top-5 and cross-entropy over a whole split, and
+``evaluate_checkpoint`` (any checkpoint, any test set) built on it.
+
+The eval iterator pads the last batches and marks real examples with ``mask``; every count here
+is weighted by that mask, so each example of the split is counted exactly once whatever the
+number of devices or hosts. Evaluation always runs in float32.
+
+``evaluate_checkpoint`` accepts what ``pretrained.checkpoint_kind`` recognises: a training
+workdir of ours (raw and EMA parameters), one of DeepMind's released ``F*_haiku.npz`` or a
+converted ``.npz``; it uses the config's eval preprocessing and size (for
+``configs/nfnet.py:F*``: the variant's test resolution with the reference's ``resize_crop_32``).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from typing import Any, Callable, Dict, Iterable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nfnets_jax import data
+from nfnets_jax import models
+from nfnets_jax import pretrained
+from nfnets_jax.engine import imagenet_real
+from nfnets_jax.engine import parallel
+from nfnets_jax.engine import steps
+from nfnets_jax.errors import EvaluationError
+
+# Alternative ImageNet test sets by TFDS name -> default split.
+EVAL_DATASETS = {
+    "imagenet2012": "validation",
+    "imagenet_v2": "test",
+    "imagenet2012_real": "validation",
+}
+
+
+def make_sum_fn(apply_fn: Callable) -> Callable:
+  """Per-device sums for a batch: ``(params, model_state, batch) -> dict``.
+
+  ``apply_fn(params, model_state, images)`` returns float32 logits (inference mode). ``batch``
+  has ``images``, int ``labels`` and a 0/1 ``mask``.
+  """
+
+  def sum_fn(params, model_state, batch):
+    logits = apply_fn(params, model_state, batch["images"]).astype(jnp.float32)
+    labels = batch["labels"].astype(jnp.int32)
+    mask = batch["mask"].astype(jnp.float32)
+    num_classes = logits.shape[-1]
+    label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+    # Rank of the true class = number of classes with a strictly larger logit.
+    rank = jnp.sum(logits > label_logit, axis=-1)
+    loss = jax.nn.logsumexp(logits, axis=-1) - label_logit[:, 0]
+    return {
+        "top1": jnp.sum((rank < 1) * mask),
+        "top5": jnp.sum((rank < min(5, num_classes)) * mask),
+        "loss": jnp.sum(loss * mask),
+        "count": jnp.sum(mask),
+    }
+
+  return sum_fn
+
+
+def evaluate(eval_step: Callable, params, model_state, batches: Iterable,
+             devices=None) -> Dict[str, float]:
+  """Runs the pmapped ``eval_step`` over ``batches`` (host dicts shaped [local_devices, ...]).
+
+  ``params``/``model_state`` are replicated. Returns ``top1``, ``top5`` and ``loss`` as
+  fractions / means over the examples, and ``count`` (the number of examples seen).
+  """
+  totals = sum_over(eval_step, params, model_state, batches, devices)
+  count = totals["count"]
+  if count <= 0:
+    raise EvaluationError("The evaluation split has no (unmasked) examples.")
+  return {"top1": totals["top1"] / count, "top5": totals["top5"] / count,
+          "loss": totals["loss"] / count, "count": int(round(count))}
+
+
+def eval_config(config, *, dataset: Optional[str] = None, split: Optional[str] = None,
+                image_size: Optional[int] = None, batch_size: Optional[int] = None,
+                data_dir: Optional[str] = None):
+  """A copy of ``config`` pointed at the requested test set, size and batch."""
+  c = copy.deepcopy(config)
+  ctx = c.unlocked() if hasattr(c, "unlocked") else None
+  if ctx is not None:
+    ctx.__enter__()
+  try:
+    if dataset:
+      c.dataset = dataset
+      if split is None:
+        split = EVAL_DATASETS.get(dataset, c.eval_split)
+    if split:
+      c.eval_split = split
+    if data_dir:
+      c.data_dir = data_dir
+    # Only the eval split is read; pointing the train split at it keeps dataset-info checks
+    # working for test-only datasets such as imagenet_v2.
+    c.train_split = c.eval_split
+    if image_size:
+      c.eval_image_size = int(image_size)
+      c.train_image_size = int(image_size)
+    else:
+      c.train_image_size = int(c.eval_image_size)
+    if batch_size:
+      c.eval_batch_size = int(batch_size)
+  finally:
+    if ctx is not None:
+      ctx.__exit__(None, None, None)
+  return c
+
+
+def _with_progress(batches, num_batches: int, log: Callable[[str], None], label: str):
+  start = time.time()
+  every = max(1, num_batches // 10)
+  for i, batch in enumerate(batches):
+    yield batch
+    done = i + 1
+    if done % every == 0 or done == num_batches:
+      elapsed = time.time() - start
+      eta = elapsed / done * max(num_batches - done, 0)
+      log(f"  [{label}] batch {done}/{num_batches} ({100 * done / num_batches:.0f}%) "
+          f"{elapsed:.0f}s elapsed, ETA {eta:.0f}s")
+
+
+def sum_over(eval_step: Callable, params, model_state, batches, devices=None) -> Dict[str, float]:
+  """Totals of the pmapped ``eval_step`` over ``batches``, summed over devices and hosts."""
+  totals = None
+  for batch in parallel.prefetch(batches, devices=devices):
+    sums = eval_step(params, model_state, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  if totals is None:
+    raise EvaluationError("The evaluation split yielded no batches.")
+  return {k: float(v) for k, v in parallel.unreplicate(totals).items()}
+
+
+def evaluate_checkpoint(path: str, config, *, dataset: Optional[str] = None,
+                        split: Optional[str] = None, image_size: Optional[int] = None,
+                        batch_size: Optional[int] = None, data_dir: Optional[str] = None,
+                        use_ema: Optional[bool] = None, step: Optional[int] = None,
+                        trust: bool = False, expected_md5: Optional[str] = None,
+                        num_devices: Optional[int] = None, output: Optional[str] = None,
+                        log: Callable[[str], None] = print) -> Dict[str, Any]:
+  """Evaluates checkpoint ``path`` with ``config``'s model and eval data; returns a report.
+
+  The report (also written to ``output`` as JSON when given) holds the checkpoint, model,
+  dataset, split, image size, example count and ``results`` = {'raw'|'ema': {top1, top5, loss,
+  count}}.
+  """
+  t0 = time.time()
+  c = eval_config(config, dataset=dataset, split=split, image_size=image_size,
+                  batch_size=batch_size, data_dir=data_dir)
+  is_real = c.dataset.split(":")[0].split("/")[0] == imagenet_real.REAL_DATASET
+  if is_real:
+    real_examples, local_examples, num_examples = imagenet_real.real_tfds_examples(c)
+    num_classes = 1000
+  else:
+    ds_info = data.get_dataset_info(c)
+    num_classes = int(ds_info.num_classes)
+    num_examples = int(ds_info.num_eval_examples)
+  model_info = models.get_info(c.model)
+  if int(c.eval_image_size) != model_info.test_image_size:
+    log(f"note: evaluating at {c.eval_image_size}px; {c.model}'s test resolution is "
+        f"{model_info.test_image_size}px.")
+  loaded = pretrained.load_for_eval(path, c, num_classes, use_ema=use_ema, step=step, trust=trust,
+                         expected_md5=expected_md5)
+  devices = parallel.local_devices(num_devices or c.get("num_devices", None))
+  per_device = max(1, -(-int(c.eval_batch_size) // len(devices)))
+  num_batches = -(-num_examples // (per_device * len(devices)))
+  log(f"Evaluating {path} ({loaded['kind']}"
+      f"{', step ' + str(loaded['step']) if loaded['step'] is not None else ''}) as {c.model} "
+      f"on {c.dataset}:{c.eval_split} ({num_examples} examples) at {c.eval_image_size}px, "
+      f"preprocessing {c.get('eval_preproc', 'resize_crop_32')}, {len(devices)} device(s) x "
+      f"{per_device} per device, {num_batches} batches.")
+  forward = steps.make_forward(c, num_classes)
+  apply_fn = steps.make_eval_apply(forward)
+  sum_fn = imagenet_real.make_real_sum_fn(apply_fn) if is_real else make_sum_fn(apply_fn)
+  eval_step = parallel.make_eval_step(sum_fn, devices=devices)
+  results = {}
+  for label, params, model_state in loaded["variants"]:
+    params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+    rparams = parallel.replicate(params, devices)
+    rstate = parallel.replicate(model_state, devices)
+    if is_real:
+      largest = -(-num_examples // jax.process_count())
+      num_batches = -(-largest // (per_device * len(devices)))
+      batches = imagenet_real.real_batches(c, real_examples, local_examples, per_device_batch=per_device,
+                             num_devices=len(devices), num_classes=num_classes,
+                             num_batches=num_batches)
+      metrics = imagenet_real.real_metrics(sum_over(eval_step, rparams, rstate,
+                                      _with_progress(batches, num_batches, log, label), devices))
+      if metrics["seen"] != num_examples:
+        raise EvaluationError(f"Saw {metrics['seen']} examples but the split has "
+                              f"{num_examples}.")
+      results[label] = metrics
+      log(f"{label}: ReaL top1={metrics['top1']:.4f} top5={metrics['top5']:.4f} "
+          f"({metrics['count']} examples with ReaL labels of {metrics['seen']})")
+      continue
+    batches = data.eval_iterator(c, per_device_batch=per_device, num_devices=len(devices))
+    metrics = evaluate(eval_step, rparams, rstate,
+                                  _with_progress(batches, num_batches, log, label),
+                                  devices=devices)
+    if metrics["count"] != num_examples:
+      raise EvaluationError(f"Counted {metrics['count']} examples but the split has "
+                            f"{num_examples}; the eval iterator is broken.")
+    results[label] = metrics
+    log(f"{label}: top1={metrics['top1']:.4f} top5={metrics['top5']:.4f} "
+        f"loss={metrics['loss']:.4f} ({metrics['count']} examples)")
+  report = {
+      "checkpoint": os.path.abspath(path),
+      "kind": loaded["kind"],
+      "step": loaded["step"],
+      "model": c.model,
+      "model_kwargs": pretrained.model_kwargs(c),
+      "dataset": c.dataset,
+      "split": c.eval_split,
+      "image_size": int(c.eval_image_size),
+      "eval_preproc": c.get("eval_preproc", None),
+      "num_devices": len(devices),
+      "per_device_batch": per_device,
+      "count": num_examples,
+      "results": results,
+      "seconds": time.time() - t0,
+  }
+  if output:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w") as f:
+      json.dump(report, f, indent=2, default=str)
+    log(f"wrote {output}")
+  return report

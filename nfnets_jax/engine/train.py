@@ -1,0 +1,398 @@
+"""``train_and_evaluate(config, workdir)``: the training loop of every experiment.
+
+One run, top to bottom: validate the config (before anything compiles), build the run (model,
+optimizer, pmapped steps, writers, checkpointer), restore the newest readable checkpoint of
+``workdir`` or initialise, loop over train steps (logging, periodic eval, checkpoints, SIGTERM),
+evaluate the raw and EMA parameters, write ``summary.json`` and print ``final: top1=...``.
+
+Numerics live in ``steps.py``; devices in ``parallel.py``; saving and restoring in
+``checkpoint.py``; console, ``metrics.jsonl`` and TensorBoard in ``reporting.py``. Non-finite
+updates are never applied: with ``config.nonfinite='skip'`` they are dropped and counted, with
+``'stop'`` the run ends at the next check with ``NonFiniteLossError`` naming the first bad step,
+and no checkpoint is written after it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from nfnets_jax import data
+from nfnets_jax import optim
+from nfnets_jax.engine import checkpoint
+from nfnets_jax.engine import evaluation
+from nfnets_jax.engine import parallel
+from nfnets_jax.engine import reporting
+from nfnets_jax.engine import steps
+from nfnets_jax.engine import validation
+from nfnets_jax.errors import NonFiniteLossError
+
+__all__ = ["NonFiniteLossError", "train_and_evaluate"]
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything one training run is built from (and nothing that changes while it runs)."""
+  config: ml_collections.ConfigDict
+  setup: validation.Setup
+  workdir: str
+  devices: list
+  forward: Any
+  tx: Any
+  train_step: Any
+  eval_step: Any
+  ckpt: checkpoint.Checkpointer
+  console: reporting.Console
+  writer: reporting.MetricWriter
+
+  @property
+  def stop_on_nonfinite(self) -> bool:
+    return self.config.get("nonfinite", "stop") == "stop"
+
+
+@dataclasses.dataclass
+class LoopResult:
+  """What the train loop reports back for the summary."""
+  step: int
+  preempted: bool
+  compile_seconds: Optional[float]
+  train_seconds: float
+  steady_images: int
+  steady_seconds: float
+  eval_results: Dict[str, Any]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains ``config`` in ``workdir`` (resuming from its newest checkpoint); returns the summary.
+
+  The summary (also written to ``workdir/summary.json``) has ``final`` (raw params: top1, top5,
+  loss) and ``final_ema`` (EMA params, when ``ema_decay`` is set), ``steps``, timings, images/s,
+  ``preempted`` (True when SIGTERM ended the run early after saving) and the config.
+  """
+  t_start = time.time()
+  setup = validation.validate_config(config)  # before anything is compiled
+  validation.check_workdir(workdir)
+  run = build_run(config, workdir, setup)
+  try:
+    state = restore_or_init(run)
+    start_step = int(state["step"])
+    num_params = int(sum(np.size(x) for x in jax.tree.leaves(state["params"])))
+    run.console.print(describe_run(run, num_params))
+    rstate = parallel.replicate(state, run.devices)
+    rstate, result = train_loop(run, rstate, start_step)
+    if not result.preempted:
+      result.eval_results = evaluate_state(run, rstate, result.step)
+    nonfinite = int(parallel.unreplicate(rstate["nonfinite_count"]))
+  finally:
+    try:
+      run.ckpt.close()  # waits for a pending asynchronous save; its failure raises here
+    finally:
+      run.writer.close()
+  summary = make_summary(run, result, start_step=start_step, num_params=num_params,
+                         nonfinite_steps=nonfinite, total_seconds=time.time() - t_start)
+  write_summary(run, summary)
+  return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the run.
+
+
+def build_run(config, workdir: str, setup: validation.Setup) -> Run:
+  """Model, optimizer, pmapped steps, writers and checkpointer for ``config``."""
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  devices = parallel.local_devices(config.get("num_devices", None))
+  # pmap over a device list only for a single-process subset; None = every device of every
+  # process (a list of local devices would make the collectives process-local).
+  pmap_devices = devices if config.get("num_devices", None) else None
+  forward = steps.make_forward(config, setup.num_classes)
+  tx = optim.build_optimizer(config.optimizer, batch_size=int(config.batch_size),
+                             steps_per_epoch=setup.steps_per_epoch,
+                             total_steps=setup.total_steps)
+  train_step = parallel.make_train_step(
+      steps.make_grad_fn(forward, config), steps.make_update_fn(tx, config),
+      accumulation_steps=setup.accumulation_steps, devices=pmap_devices)
+  eval_step = parallel.make_eval_step(
+      evaluation.make_sum_fn(steps.make_eval_apply(forward)), devices=pmap_devices)
+  console = reporting.Console(setup.total_steps, int(config.batch_size), enabled=is_main)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                 keep=int(config.keep_checkpoints),
+                                 async_save=bool(config.get("async_checkpointing", True)),
+                                 log=console.print)
+  return Run(config=config, setup=setup, workdir=workdir, devices=devices, forward=forward,
+             tx=tx, train_step=train_step, eval_step=eval_step, ckpt=ckpt, console=console,
+             writer=reporting.MetricWriter(workdir, enabled=is_main))
+
+
+def describe_run(run: Run, num_params: int) -> str:
+  c, s = run.config, run.setup
+  return (f"{c.model}: {num_params:,} params | {c.dataset} {s.num_train_examples:,} "
+          f"train / {s.num_eval_examples:,} eval examples | global batch {c.batch_size} = "
+          f"{s.num_devices} devices x {s.micro_batch} x {s.accumulation_steps} "
+          f"accumulation | {s.total_steps} steps ({s.steps_per_epoch:.1f}/epoch) | "
+          f"compute {c.compute_dtype}")
+
+
+def initial_state(forward, tx, config, image_shape) -> Dict[str, Any]:
+  """The step-0 host state: params, model state, optimizer state, EMA, step, RNG, counters."""
+  rng = jax.random.PRNGKey(int(config.seed))
+  init_rng, train_rng = jax.random.split(rng)
+  dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  params, model_state = jax.jit(forward.init, static_argnums=(2,))(init_rng, dummy, True)
+  state = {
+      "params": params,
+      "model_state": model_state,
+      "opt_state": tx.init(params),
+      "step": jnp.zeros([], jnp.int32),
+      "rng": train_rng,
+      "nonfinite_count": jnp.zeros([], jnp.int32),
+      "first_nonfinite_step": jnp.full([], -1, jnp.int32),
+  }
+  if config.get("ema_decay", None) is not None:
+    state["ema_params"] = jax.tree.map(jnp.copy, params)
+  return jax.tree.map(np.asarray, jax.device_get(state))
+
+
+def restore_or_init(run: Run) -> Dict[str, Any]:
+  """The newest readable checkpoint of the workdir, or the initial state when there is none."""
+  state = initial_state(run.forward, run.tx, run.config, run.setup.image_shape)
+  restored = run.ckpt.restore_latest(state)
+  if restored is None:
+    return state
+  step, state = restored
+  run.console.print(f"Resumed from checkpoint {step} in {run.ckpt.directory}.")
+  return state
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+class _SignalFlag:
+  """Sets a flag on SIGTERM (main thread only); the loop saves and exits at a step boundary."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _any_process(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+class _Meter:
+  """Train metrics summed over a log interval, and the steady-state images/s between logs."""
+
+  def __init__(self, batch_size: int):
+    self.batch_size = batch_size
+    self.sums, self.count = None, 0
+    self.steady_images, self.steady_seconds = 0, 0.0
+    self.last_time, self.last_step = time.time(), 0
+
+  def add(self, metrics):
+    self.sums = metrics if self.sums is None else jax.tree.map(jnp.add, self.sums, metrics)
+    self.count += 1
+
+  def restart_clock(self, step: int):
+    self.last_time, self.last_step = time.time(), step
+
+  def pause(self, seconds: float):
+    """Excludes ``seconds`` (eval, checkpointing) from the measured rate."""
+    self.last_time += seconds
+
+  def flush(self, step: int) -> Dict[str, float]:
+    host = {k: float(np.asarray(v).reshape(-1)[0])
+            for k, v in parallel.unreplicate(self.sums).items()}
+    host = {k: v / self.count for k, v in host.items()}
+    host["nonfinite"] *= self.count  # a count over the interval, not a mean
+    self.sums, self.count = None, 0
+    now = time.time()
+    if step > self.last_step:
+      images = (step - self.last_step) * self.batch_size
+      rate = images / max(now - self.last_time, 1e-9)
+      self.steady_images += images
+      self.steady_seconds += now - self.last_time
+    else:
+      rate = float("nan")
+    self.restart_clock(step)
+    host["images_per_sec"] = rate
+    return host
+
+
+def train_loop(run: Run, rstate, start_step: int):
+  """Runs steps ``start_step..total_steps`` (or until SIGTERM); returns (state, LoopResult)."""
+  config, setup = run.config, run.setup
+  train_iter = data.train_iterator(
+      config, per_device_batch=setup.micro_batch * setup.accumulation_steps,
+      num_devices=len(run.devices), seed=int(config.seed), start_step=start_step)
+  batches = parallel.prefetch(train_iter, size=2, devices=run.devices)
+  eval_every = int(config.get("eval_every_steps", 0) or 0)
+  log_every = int(config.log_every_steps)
+  ckpt_every = int(config.checkpoint_every_steps)
+  meter = _Meter(int(config.batch_size))
+  step, preempted, compile_time, eval_results = start_step, False, None, {}
+  t_loop = time.time()
+  try:
+    with _SignalFlag() as sigterm:
+      while step < setup.total_steps:
+        rstate, metrics = run.train_step(rstate, next(batches))
+        step += 1
+        meter.add(metrics)
+        if compile_time is None:
+          jax.block_until_ready(metrics)
+          compile_time = time.time() - t_loop
+          meter.restart_clock(step)
+        is_last = step == setup.total_steps
+        if step % log_every == 0 or is_last:
+          host = meter.flush(step)
+          run.writer.write(step, host, split="train")
+          run.console.log_train(step, host, host["images_per_sec"])
+          check_nonfinite(run, rstate)
+        if eval_every and step % eval_every == 0 and not is_last:
+          check_nonfinite(run, rstate)
+          t0 = time.time()
+          eval_results = evaluate_state(run, rstate, step)
+          meter.pause(time.time() - t0)
+        if step % ckpt_every == 0 or is_last:
+          check_nonfinite(run, rstate)
+          t0 = time.time()
+          save_checkpoint(run, rstate, step)
+          meter.pause(time.time() - t0)
+        if jax.process_count() == 1:
+          stop_now = sigterm.received
+        else:  # every process must reach the same decision at the same step
+          stop_now = step % log_every == 0 and _any_process(sigterm.received)
+        if stop_now and not is_last:
+          check_nonfinite(run, rstate)
+          save_checkpoint(run, rstate, step)
+          run.ckpt.wait()
+          run.console.print(f"SIGTERM received: saved checkpoint {step} in "
+                            f"{run.ckpt.directory}; exiting cleanly. Run the same command "
+                            "again to resume.")
+          preempted = True
+          break
+    jax.block_until_ready(rstate)
+  finally:
+    batches.close()  # stop the input pipeline's threads before anything else
+    del train_iter
+  check_nonfinite(run, rstate)
+  return rstate, LoopResult(step=step, preempted=preempted, compile_seconds=compile_time,
+                            train_seconds=time.time() - t_loop,
+                            steady_images=meter.steady_images,
+                            steady_seconds=meter.steady_seconds, eval_results=eval_results)
+
+
+def check_nonfinite(run: Run, rstate) -> None:
+  """Raises ``NonFiniteLossError`` when a step was non-finite and the config says stop."""
+  if not run.stop_on_nonfinite:
+    return
+  first = int(parallel.unreplicate(rstate["first_nonfinite_step"]))
+  if first >= 0:
+    raise NonFiniteLossError(
+        f"Non-finite loss or gradient at step {first} (0-based update index); the run stopped "
+        f"without applying it. The last checkpoint in {run.ckpt.directory} is step "
+        f"{run.ckpt.latest_step()} and is finite. Lower the learning rate or set "
+        "--config.nonfinite=skip to drop such updates.", step=first)
+
+
+def save_checkpoint(run: Run, rstate, step: int) -> None:
+  """Saves the replicated state as checkpoint ``step`` (asynchronously when enabled)."""
+  host = parallel.unreplicate(rstate)
+  if int(host["nonfinite_count"]) and run.stop_on_nonfinite:
+    return  # never checkpoint a run that is about to stop for a NaN
+  run.ckpt.save(step, host)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and summary.
+
+
+def evaluate_state(run: Run, rstate, step: int) -> Dict[str, Any]:
+  """Exact-once eval of the raw (and EMA) parameters; logged and returned with ``ema_`` keys."""
+  t0 = time.time()
+  results = {}
+  variants = [("", "params")]
+  if "ema_params" in rstate:
+    variants.append(("ema_", "ema_params"))
+  for prefix, key in variants:
+    batches = data.eval_iterator(run.config, per_device_batch=run.setup.eval_per_device_batch,
+                                 num_devices=len(run.devices))
+    metrics = evaluation.evaluate(run.eval_step, rstate[key], rstate["model_state"], batches,
+                                  devices=run.devices)
+    results.update({prefix + k: v for k, v in metrics.items()})
+  results["eval_seconds"] = time.time() - t0
+  run.writer.write(step, {k: v for k, v in results.items() if not k.endswith("count")},
+                   split="eval")
+  line = (f"eval @ step {step}: top1={results['top1']:.4f} top5={results['top5']:.4f} "
+          f"loss={results['loss']:.4f}")
+  if "ema_top1" in results:
+    line += f" | ema top1={results['ema_top1']:.4f} top5={results['ema_top5']:.4f}"
+  run.console.print(line + f" ({results['count']} examples, {results['eval_seconds']:.1f}s)")
+  return results
+
+
+def make_summary(run: Run, result: LoopResult, *, start_step: int, num_params: int,
+                 nonfinite_steps: int, total_seconds: float) -> Dict[str, Any]:
+  setup = run.setup
+  summary = {
+      "steps": result.step,
+      "start_step": start_step,
+      "total_steps": setup.total_steps,
+      "preempted": result.preempted,
+      "num_params": num_params,
+      "num_devices": setup.num_devices,
+      "accumulation_steps": setup.accumulation_steps,
+      "nonfinite_steps": nonfinite_steps,
+      "compile_seconds": result.compile_seconds,
+      "train_seconds": result.train_seconds,
+      "total_seconds": total_seconds,
+      "images_per_sec": (result.steady_images / result.steady_seconds
+                         if result.steady_seconds else None),
+      "config": run.config.to_dict(),
+  }
+  if not result.preempted:
+    r = result.eval_results
+    summary["final"] = {k: r[k] for k in ("top1", "top5", "loss", "count")}
+    if "ema_top1" in r:
+      summary["final_ema"] = {k: r["ema_" + k] for k in ("top1", "top5", "loss")}
+  return summary
+
+
+def write_summary(run: Run, summary: Dict[str, Any]) -> None:
+  """Writes ``summary.json`` (process 0) and prints the ``final:`` lines of a finished run."""
+  if jax.process_index() == 0:
+    with open(os.path.join(run.workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2, default=str)
+  if summary["preempted"]:
+    return
+  if "final_ema" in summary:
+    run.console.print(f"final_ema: top1={summary['final_ema']['top1']:.4f} "
+                      f"top5={summary['final_ema']['top5']:.4f}")
+  run.console.print(f"final: top1={summary['final']['top1']:.4f} "
+                    f"top5={summary['final']['top5']:.4f}")

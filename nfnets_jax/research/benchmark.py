@@ -1,0 +1,572 @@
+"""Throughput, compile time, FLOP/s and memory of NFNet training and eval steps.
+
+The measured training step is the recipe's: forward (training mode: stochastic depth and
+dropout on) + backward + optimizer update (``optim.build_optimizer``: AGC, weight decay,
+Nesterov SGD), with float32 parameters, gradients and optimizer state, and the compute dtype
+cast inside the loss (parameters and images are cast to ``precision``, logits back to float32),
+as the training runner does. The eval step is a forward pass in eval mode.
+
+FLOP convention: ``flops.count_macs`` counts multiply-accumulates of convolutions and linear
+layers (DeepMind's "FLOPs"); here one MAC = 2 FLOPs, and a training step costs 3x the forward
+pass (forward + gradient w.r.t. activations + gradient w.r.t. weights). Elementwise work, the
+optimizer and AGC are not counted. The fraction of peak divides by the FLOP/s of a large
+matrix multiply measured in the same process (float32 on CPU, bfloat16 elsewhere).
+
+Variants compared side by side (``compare``) are compiled first and then timed in interleaved
+rounds (one step of A, one of B, ...), so background load hits both alike.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import resource
+import statistics
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nfnets_jax import layers
+from nfnets_jax.engine import steps as engine_steps
+
+FLOP_CONVENTION = (
+    "FLOPs = 2 x multiply-accumulates of convolutions and linear layers (flops.count_macs); "
+    "train step = 3 x forward; elementwise ops, optimizer and AGC not counted.")
+
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MODES = ("train", "eval")
+
+
+@dataclasses.dataclass
+class BenchConfig:
+  """One measured configuration."""
+  model: str = "nfnet_f0"
+  mode: str = "train"
+  batch: int = 8
+  image_size: int = 192
+  precision: str = "float32"
+  agc: bool = True
+  grouped_conv_impl: str = "auto"
+  num_classes: int = 1000
+  model_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  label: Optional[str] = None
+
+  def validate(self):
+    if self.mode not in MODES:
+      raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}.")
+    if self.precision not in PRECISIONS:
+      raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}.")
+    if self.batch < 1 or self.image_size < 8:
+      raise ValueError(
+          f"batch must be >= 1 and image_size >= 8 (got {self.batch}, {self.image_size}).")
+    if self.grouped_conv_impl not in layers.GROUPED_CONV_IMPLS:
+      raise ValueError(f"grouped_conv_impl must be one of {layers.GROUPED_CONV_IMPLS}, got "
+                       f"{self.grouped_conv_impl!r}.")
+    from nfnets_jax import models
+    models.get_info(self.model)  # Unknown names fail here with the list of known ones.
+
+  @property
+  def name(self) -> str:
+    if self.label:
+      return self.label
+    parts = [self.model, self.mode, f"b{self.batch}", f"{self.image_size}px", self.precision]
+    if self.mode == "train":
+      parts.append("agc" if self.agc else "no_agc")
+    if _accepts_impl(self.model):
+      parts.append(f"conv={self.resolved_impl}")
+    return " ".join(parts)
+
+  @property
+  def resolved_impl(self) -> str:
+    return layers._resolve_grouped_impl(self.grouped_conv_impl)
+
+  @property
+  def optimizer_name(self) -> str:
+    return "sgd_agc" if self.agc else "sgd"
+
+
+# ------------------------------------------------------------------------------------------
+# Machine description and the matmul peak.
+# ------------------------------------------------------------------------------------------
+def cpu_model_name() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def cpu_cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def machine_info() -> dict:
+  import haiku
+  import optax
+  dev = jax.devices()[0]
+  return dict(
+      backend=jax.default_backend(), device_kind=dev.device_kind,
+      num_devices=jax.device_count(), cpu_model=cpu_model_name(), cpu_cores=cpu_cores(),
+      python=platform.python_version(), jax=jax.__version__,
+      jaxlib=getattr(jax.lib, "__version__", None) or _jaxlib_version(),
+      haiku=haiku.__version__, optax=optax.__version__, numpy=np.__version__,
+      xla_flags=os.environ.get("XLA_FLAGS", ""))
+
+
+def _jaxlib_version() -> str:
+  try:
+    import jaxlib
+    return jaxlib.__version__
+  except Exception:  # pylint: disable=broad-except
+    return "unknown"
+
+
+def matmul_peak(n: Optional[int] = None, dtype: Optional[str] = None, repeats: int = 5) -> dict:
+  """FLOP/s of an ``n x n`` matmul on the default device: the 'peak' fractions divide by it.
+
+  Defaults: 4096 float32 on CPU; 8192 bfloat16 on GPU/TPU (their dense peak is bf16).
+  """
+  cpu = jax.default_backend() == "cpu"
+  n = n or (4096 if cpu else 8192)
+  dtype = dtype or ("float32" if cpu else "bfloat16")
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32).astype(dtype)
+  f = jax.jit(lambda a, b: a @ b)
+  jax.block_until_ready(f(a, b))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(a, b))
+    times.append(time.perf_counter() - t0)
+  best = min(times)
+  return dict(n=n, dtype=dtype, seconds_best=best, seconds_median=statistics.median(times),
+              flops_per_s=2.0 * n ** 3 / best)
+
+
+def memory_report(device=None) -> dict:
+  """Peak memory: the device allocator's peak where reported, else the process max RSS."""
+  device = device or jax.devices()[0]
+  stats = None
+  try:
+    stats = device.memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    stats = None
+  if stats and "peak_bytes_in_use" in stats:
+    return dict(peak_memory_bytes=int(stats["peak_bytes_in_use"]),
+                peak_memory_source="device.memory_stats()['peak_bytes_in_use'] (process-wide)")
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB.
+  return dict(peak_memory_bytes=int(rss),
+              peak_memory_source="process max RSS (device reports no memory stats)")
+
+
+def _compiled_memory(compiled) -> Optional[dict]:
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if m is None:
+    return None
+  keys = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+          "alias_size_in_bytes", "generated_code_size_in_bytes")
+  out = {k: int(getattr(m, k)) for k in keys if hasattr(m, k)}
+  if {"argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes"} <= set(out):
+    out["total_live_estimate_bytes"] = (
+        out["argument_size_in_bytes"] + out["output_size_in_bytes"]
+        + out["temp_size_in_bytes"] - out.get("alias_size_in_bytes", 0))
+  return out
+
+
+# ------------------------------------------------------------------------------------------
+# The measured steps.
+# ------------------------------------------------------------------------------------------
+def _accepts_impl(model: str) -> bool:
+  import inspect  # pylint: disable=import-outside-toplevel
+  from nfnets_jax import models  # pylint: disable=import-outside-toplevel
+  try:
+    return "grouped_conv_impl" in inspect.signature(models.get_info(model).constructor).parameters
+  except (TypeError, ValueError):
+    return False
+
+
+def _forward_fn(cfg: BenchConfig):
+  from nfnets_jax import models
+  kwargs = dict(cfg.model_kwargs)
+  if _accepts_impl(cfg.model):
+    kwargs["grouped_conv_impl"] = cfg.grouped_conv_impl
+  elif cfg.grouped_conv_impl != "auto":
+    raise ValueError(f"Model {cfg.model!r} has no grouped_conv_impl argument; leave "
+                     "grouped_conv_impl='auto' for it.")
+
+  def forward(images, is_training):
+    return models.create(cfg.model, cfg.num_classes, **kwargs)(images, is_training=is_training)
+
+  return hk.transform_with_state(forward)
+
+
+@dataclasses.dataclass
+class Step:
+  """A jitted step, its abstract arguments and a maker of concrete ones."""
+  cfg: BenchConfig
+  fn: Callable
+  abstract_args: tuple
+  make_args: Callable[[], tuple]
+  carry: Callable[[tuple, Any], tuple]  # (args, outputs) -> args of the next call
+
+
+def build_step(cfg: BenchConfig) -> Step:
+  """The jitted train or eval step of ``cfg`` (no compilation, no parameter allocation)."""
+  cfg.validate()
+  import optax  # pylint: disable=import-outside-toplevel
+  from nfnets_jax import optim  # pylint: disable=import-outside-toplevel
+  transformed = _forward_fn(cfg)
+  compute_dtype = PRECISIONS[cfg.precision]
+  shape = (cfg.batch, cfg.image_size, cfg.image_size, 3)
+  images = jax.ShapeDtypeStruct(shape, jnp.float32)
+  rng0 = jax.random.PRNGKey(0)
+
+  def init_model(rng):
+    return transformed.init(rng, jnp.zeros(shape, jnp.float32), True)
+
+  abstract_params, abstract_state = jax.eval_shape(init_model, rng0)
+
+  def make_images_labels():
+    x = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float32)
+    lab = jax.random.randint(jax.random.PRNGKey(2), (cfg.batch,), 0, cfg.num_classes)
+    return x, jax.nn.one_hot(lab, cfg.num_classes, dtype=jnp.float32)
+
+  if cfg.mode == "eval":
+    def eval_step(params, state, x):
+      logits = transformed.apply(
+          engine_steps.cast_floats(params, compute_dtype), state, None, x.astype(compute_dtype),
+          False)[0]["logits"]
+      return logits.astype(jnp.float32)
+
+    def make_args():
+      params, state = jax.jit(init_model)(rng0)
+      return params, state, make_images_labels()[0]
+
+    return Step(cfg, jax.jit(eval_step), (abstract_params, abstract_state, images), make_args,
+                carry=lambda args, out: args)
+
+  opt_config = optim.default_optimizer_config()
+  opt_config.name = cfg.optimizer_name
+  tx = optim.build_optimizer(opt_config, batch_size=cfg.batch, steps_per_epoch=1000,
+                             total_steps=100_000)
+  abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
+
+  def loss_fn(params, state, rng, x, labels):
+    outputs, new_state = transformed.apply(
+        engine_steps.cast_floats(params, compute_dtype), state, rng, x.astype(compute_dtype), True)
+    loss = engine_steps.smoothed_cross_entropy(outputs["logits"].astype(jnp.float32), labels, 0.1)
+    return loss, new_state
+
+  def train_step(params, state, opt_state, step, x, labels):
+    rng = jax.random.fold_in(jax.random.PRNGKey(3), step)
+    (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, state, rng, x, labels)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, new_state, opt_state, step + 1, loss
+
+  def make_args():
+    params, state = jax.jit(init_model)(rng0)
+    opt_state = jax.jit(tx.init)(params)
+    x, labels = make_images_labels()
+    return params, state, opt_state, jnp.asarray(0, jnp.int32), x, labels
+
+  abstract = (abstract_params, abstract_state, abstract_opt_state,
+              jax.ShapeDtypeStruct((), jnp.int32),
+              images, jax.ShapeDtypeStruct((cfg.batch, cfg.num_classes), jnp.float32))
+
+  def carry(args, out):
+    return out[:4] + args[4:]
+
+  return Step(cfg, jax.jit(train_step, donate_argnums=(0, 1, 2)), abstract, make_args, carry)
+
+
+def step_flops(cfg: BenchConfig) -> int:
+  """FLOPs of one step of ``cfg`` under ``FLOP_CONVENTION``."""
+  from nfnets_jax.research import flops  # pylint: disable=import-outside-toplevel
+  macs = flops.count_macs(cfg.model, cfg.image_size, cfg.num_classes, **cfg.model_kwargs)
+  forward = 2 * macs * cfg.batch
+  return 3 * forward if cfg.mode == "train" else forward
+
+
+class Runner:
+  """A compiled step with its live arguments; ``__call__`` runs and times one step."""
+
+  def __init__(self, step: Step, compile_only: bool = False):
+    self.step = step
+    self.cfg = step.cfg
+    t0 = time.perf_counter()
+    lowered = step.fn.lower(*step.abstract_args)
+    t1 = time.perf_counter()
+    self.compiled = lowered.compile()
+    t2 = time.perf_counter()
+    self.lower_s = t1 - t0
+    self.compile_s = t2 - t1
+    self.compiled_memory = _compiled_memory(self.compiled)
+    self.times: List[float] = []
+    self.first_step_s = None
+    self.args = None
+    if not compile_only:
+      self.args = step.make_args()
+      self.first_step_s = self._run()
+
+  def _run(self) -> float:
+    t0 = time.perf_counter()
+    out = self.compiled(*self.args)
+    jax.block_until_ready(out)
+    dt = time.perf_counter() - t0
+    self.args = self.step.carry(self.args, out)
+    return dt
+
+  def warmup(self, n: int):
+    for _ in range(n):
+      self._run()
+
+  def timed(self):
+    self.times.append(self._run())
+
+  def result(self, peak_flops: Optional[float], flops_per_step: Optional[int]) -> dict:
+    cfg = self.cfg
+    r = dict(name=cfg.name, model=cfg.model, mode=cfg.mode, batch=cfg.batch,
+             image_size=cfg.image_size, precision=cfg.precision,
+             optimizer=cfg.optimizer_name if cfg.mode == "train" else None,
+             grouped_conv_impl=cfg.grouped_conv_impl, grouped_conv_resolved=cfg.resolved_impl,
+             model_kwargs=dict(cfg.model_kwargs),
+             lower_s=self.lower_s, compile_s=self.compile_s, first_step_s=self.first_step_s,
+             compiled_memory=self.compiled_memory)
+    if self.times:
+      med = statistics.median(self.times)
+      r.update(step_times_s=list(self.times), step_time_median_s=med,
+               step_time_min_s=min(self.times), images_per_s=cfg.batch / med)
+      if flops_per_step:
+        r["flops_per_step"] = int(flops_per_step)
+        r["achieved_flops_per_s"] = flops_per_step / med
+        if peak_flops:
+          r["fraction_of_peak"] = flops_per_step / med / peak_flops
+    return r
+
+
+def _warm_up_xla():
+  """Compiles and runs a tiny conv + grad so one-time backend set-up is not billed to the
+  first measured compile."""
+  x = jnp.ones((1, 8, 8, 4))
+  w = jnp.ones((3, 3, 4, 4))
+  f = jax.jit(jax.grad(lambda w: jnp.sum(layers.conv2d(x, w, 1, "SAME", 1) ** 2)))
+  jax.block_until_ready(f(w))
+
+
+def measure(configs: Sequence[BenchConfig], steps: int = 5, warmup: int = 1,
+            peak_flops: Optional[float] = None, compile_only: bool = False,
+            count_flops: bool = True, log: Callable[[str], None] = print) -> List[dict]:
+  """Compiles every config, then times them in ``steps`` interleaved rounds; one dict each."""
+  _warm_up_xla()
+  runners = []
+  for cfg in configs:
+    log(f"[compile] {cfg.name}")
+    runner = Runner(build_step(cfg), compile_only=compile_only)
+    log(f"  lower {runner.lower_s:.1f}s compile {runner.compile_s:.1f}s"
+        + ("" if compile_only else f" first step {runner.first_step_s:.2f}s"))
+    if not compile_only:
+      runner.warmup(warmup)
+    runners.append(runner)
+  if not compile_only:
+    for i in range(steps):
+      for runner in runners:
+        runner.timed()
+      log(f"  round {i + 1}/{steps}: "
+          + ", ".join(f"{r.times[-1]:.3f}s" for r in runners))
+  results = []
+  for runner in runners:
+    fl = step_flops(runner.cfg) if count_flops else None
+    r = runner.result(peak_flops, fl)
+    r.update(memory_report())
+    results.append(r)
+    runner.args = None  # Free the buffers.
+  return results
+
+
+def ratio(results: Sequence[dict], numerator: int, denominator: int, what: str) -> dict:
+  """images/s of ``results[numerator]`` over ``results[denominator]`` (and step-time ratio)."""
+  a, b = results[numerator], results[denominator]
+  out = dict(kind=what, numerator=a["name"], denominator=b["name"])
+  if "images_per_s" in a and "images_per_s" in b:
+    out["throughput_ratio"] = a["images_per_s"] / b["images_per_s"]
+    out["step_time_ratio"] = a["step_time_median_s"] / b["step_time_median_s"]
+    # Ratio of per-round times is robust to slow drifts in background load.
+    per_round = [x / y for x, y in zip(a["step_times_s"], b["step_times_s"])]
+    out["step_time_ratio_per_round_median"] = statistics.median(per_round)
+  return out
+
+
+# ------------------------------------------------------------------------------------------
+# Input pipeline.
+# ------------------------------------------------------------------------------------------
+BENCH_DATASET = "nfnets_bench_jpegs"
+_BUILDER_CLASS = None
+
+
+def _synthetic_jpeg_images(num_images: int, seed: int = 0, min_side: int = 300,
+                           max_side: int = 500):
+  """Smooth colour fields with mild noise at ImageNet-like sizes (JPEG sizes like photos')."""
+  rng = np.random.default_rng(seed)
+  for i in range(num_images):
+    h, w = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
+    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    chans = []
+    for _ in range(3):
+      fx, fy, ph = rng.uniform(1, 8), rng.uniform(1, 8), rng.uniform(0, 6.3)
+      chans.append(127.5 + 100 * np.sin(fx * 6.28 * xx + ph) * np.cos(fy * 6.28 * yy))
+    img = np.stack(chans, -1) + rng.normal(0, 12, (h, w, 3))
+    yield i, np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _bench_builder_class():
+  """A TFDS builder of generated JPEGs (variable size, 1000 classes), defined once."""
+  global _BUILDER_CLASS
+  if _BUILDER_CLASS is not None:
+    return _BUILDER_CLASS
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  class NfnetsBenchJpegs(tfds.core.GeneratorBasedBuilder):
+    """ImageNet-like generated JPEGs for input-pipeline benchmarks (no download)."""
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=f"n{n}") for n in (64, 256, 1024, 4096)]
+
+    def _info(self):
+      return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+          "label": tfds.features.ClassLabel(num_classes=1000)}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._generate_examples(int(self.builder_config.name[1:]))}
+
+    def _generate_examples(self, n):
+      for i, img in _synthetic_jpeg_images(n):
+        yield i, {"image": img, "label": i % 1000}
+
+  _BUILDER_CLASS = NfnetsBenchJpegs
+  return _BUILDER_CLASS
+
+
+def build_bench_dataset(data_dir: str, num_images: int = 256) -> str:
+  """Generates (once per ``data_dir``) the benchmark JPEG dataset; returns its TFDS name."""
+  sizes = (64, 256, 1024, 4096)
+  if num_images not in sizes:
+    raise ValueError(f"num_images must be one of {sizes} (builder configs), got {num_images}.")
+  cls = _bench_builder_class()
+  builder = cls(config=f"n{num_images}", data_dir=data_dir)
+  builder.download_and_prepare()
+  return f"{BENCH_DATASET}/n{num_images}"
+
+
+def imagenet_train_config(dataset: str, data_dir: str, image_size: int = 192):
+  """The F0 ImageNet train-pipeline config (facts section 5/6) pointed at ``dataset``."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  return ml_collections.ConfigDict(dict(
+      seed=0, dataset=dataset, data_dir=data_dir, train_split="train",
+      train_image_size=image_size, train_preproc="inception_crop", normalization="imagenet",
+      augment=ml_collections.ConfigDict(dict(
+          flip=True, pad=0, randaugment_layers=4, randaugment_magnitude=5, mixup_alpha=0.2,
+          cutmix=True)),
+      shuffle_buffer=16384))
+
+
+def input_pipeline_benchmark(num_images: int = 256, batches: int = 10, batch: int = 32,
+                             image_size: int = 192, data_dir: Optional[str] = None,
+                             log: Callable[[str], None] = print) -> dict:
+  """images/s of ``data.train_iterator`` (inception crop, flip, RandAugment 4x5, MixUp/CutMix).
+
+  The source is a generated TFDS dataset of JPEGs read exactly like ImageNet (encoded records
+  streamed through the shuffle buffer, decode of the crop window only). The first batch (which
+  fills the shuffle buffer and starts the threads) is not timed.
+  """
+  import tempfile  # pylint: disable=import-outside-toplevel
+  from nfnets_jax import data  # pylint: disable=import-outside-toplevel
+  owned = data_dir is None
+  tmp = tempfile.TemporaryDirectory(prefix="nfnets_bench_") if owned else None
+  data_dir = tmp.name if owned else data_dir
+  try:
+    t0 = time.perf_counter()
+    name = build_bench_dataset(data_dir, num_images)
+    build_s = time.perf_counter() - t0
+    log(f"[pipeline] generated {num_images} JPEGs in {build_s:.1f}s")
+    cfg = imagenet_train_config(name, data_dir, image_size)
+    it = data.train_iterator(cfg, per_device_batch=batch, num_devices=1)
+    t0 = time.perf_counter()
+    first = next(it)
+    first_s = time.perf_counter() - t0
+    shapes = {k: list(v.shape) for k, v in first.items()}
+    times = []
+    t_all = time.perf_counter()
+    for _ in range(batches):
+      t0 = time.perf_counter()
+      next(it)
+      times.append(time.perf_counter() - t0)
+    total = time.perf_counter() - t_all
+    cores = cpu_cores()
+    ips = batches * batch / total
+    log(f"[pipeline] {batches} batches of {batch}: {ips:.1f} img/s")
+    return dict(dataset=name, num_images=num_images, batch=batch, image_size=image_size,
+                batches_timed=batches, first_batch_s=first_s, batch_times_s=times,
+                images_per_s=ips, cpu_cores=cores, images_per_s_per_core=ips / cores,
+                output_shapes=shapes, augmentations="inception_crop, flip, RandAugment(4, 5), "
+                "MixUp(0.2)/CutMix, imagenet normalization")
+  finally:
+    if tmp is not None:
+      tmp.cleanup()
+
+
+def optimizer_update_benchmark(cfg: BenchConfig, optimizers: Sequence[str] = ("sgd_agc", "sgd"),
+                               rounds: int = 20) -> dict:
+  """Times the optimizer update alone on ``cfg``'s parameter shapes, interleaved.
+
+  The AGC overhead of a training step is the difference of the two updates (the forward and
+  backward passes are identical); this isolates it from the much larger and noisier step.
+  """
+  import optax  # pylint: disable=import-outside-toplevel
+  from nfnets_jax import optim  # pylint: disable=import-outside-toplevel
+  transformed = _forward_fn(cfg)
+  shape = (1, cfg.image_size, cfg.image_size, 3)
+  params, _ = jax.jit(lambda r: transformed.init(r, jnp.zeros(shape, jnp.float32), True))(
+      jax.random.PRNGKey(0))
+  grads = jax.tree.map(lambda p: 1e-3 * jax.random.normal(jax.random.PRNGKey(4), p.shape,
+                                                          p.dtype), params)
+  runs = {}
+  for name in optimizers:
+    opt_config = optim.default_optimizer_config()
+    opt_config.name = name
+    tx = optim.build_optimizer(opt_config, batch_size=cfg.batch, steps_per_epoch=1000,
+                               total_steps=100_000)
+
+    def update(p, s, g, tx=tx):
+      u, s = tx.update(g, s, p)
+      return optax.apply_updates(p, u), s
+
+    fn = jax.jit(update, donate_argnums=(0, 1))
+    p = jax.tree.map(jnp.copy, params)
+    s = tx.init(p)
+    p, s = jax.block_until_ready(fn(p, s, grads))
+    runs[name] = [fn, p, s, []]
+  for _ in range(rounds):
+    for name, run in runs.items():
+      t0 = time.perf_counter()
+      run[1], run[2] = jax.block_until_ready(run[0](run[1], run[2], grads))
+      run[3].append(time.perf_counter() - t0)
+  num_params = layers.count_params(params)
+  return dict(num_params=num_params, rounds=rounds, **{
+      name: dict(median_s=statistics.median(run[3]), min_s=min(run[3]), times_s=run[3])
+      for name, run in runs.items()})
