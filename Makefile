@@ -1,4 +1,5 @@
 # Quickstart: `make train` then `make test`. Both create/reuse the virtualenv in .venv.
+# `make finetune` fine-tunes the `make train` model on real handwritten digits (an image folder).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -6,9 +7,12 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= $(CURDIR)/data/tfds
 WORKDIR ?= $(CURDIR)/workdirs/fashion_mnist
 CONFIG ?= configs/fashion_mnist.py
+FINETUNE_DATA ?= $(CURDIR)/data/finetune_demo
+FINETUNE_WORKDIR ?= $(CURDIR)/workdirs/finetune
 PYTEST_ARGS ?=
+TIMM_STAMP := $(VENV)/.timm-extra
 
-.PHONY: venv test test-all train data sweep clean
+.PHONY: venv timm-extra test test-all train data sweep finetune clean
 
 venv: $(STAMP)
 
@@ -18,12 +22,20 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# The optional test extra: CPU torch + timm, for the tests against real timm (skipped with a
+# reason when it cannot be installed, e.g. offline).
+timm-extra: $(TIMM_STAMP)
+
+$(TIMM_STAMP): $(STAMP) scripts/install_timm_extra.sh
+	bash scripts/install_timm_extra.sh $(PY) && touch $(TIMM_STAMP) || \
+	  echo "timm extra not installed: the timm interop tests will be skipped."
+
 # Fast suite (slow tests excluded); 8 simulated CPU devices are set up in tests/conftest.py.
-test: $(STAMP)
+test: $(STAMP) $(TIMM_STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # Everything, including the tests marked slow.
-test-all: $(STAMP)
+test-all: $(STAMP) $(TIMM_STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile -m "" $(PYTEST_ARGS)
 
 # Builds the Fashion-MNIST TFDS dataset offline from Debian's dataset-fashion-mnist files.
@@ -37,6 +49,16 @@ train: data
 # The default clipping x batch-size sweep on the demo (about 45 minutes on 2 CPU cores).
 sweep: data
 	$(PY) scripts/sweep_clipping.py --config=configs/fashion_mnist_sweep.py --config.data_dir=$(DATA_DIR) --workdir=$(CURDIR)/workdirs/sweep
+
+# Fine-tunes the `make train` model (trained first if missing) on scikit-learn's handwritten
+# digits written as an image folder; prints `final: top1=...`.
+finetune: $(WORKDIR)/summary.json
+	$(PY) scripts/prepare_finetune_demo.py --out=$(FINETUNE_DATA)
+	$(PY) experiments/train.py --config=configs/finetune.py:demo --workdir=$(FINETUNE_WORKDIR) \
+	  --config.init_from=$(WORKDIR) --config.data_dir=$(FINETUNE_DATA)
+
+$(WORKDIR)/summary.json:
+	$(MAKE) train
 
 clean:
 	rm -rf $(VENV) workdirs

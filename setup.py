@@ -22,8 +22,12 @@ setup(
         "orbax-checkpoint>=0.11",
         "tensorboard>=2.18",
         "matplotlib>=3.8",
+        "safetensors>=0.4",  # timm's hub weights, read/written with safetensors' numpy API
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "dill>=0.3.8"],
+        # Real timm for tests/weights/test_timm.py: install with scripts/install_timm_extra.sh,
+        # which also takes the CPU torch wheel and patches torchvision so that timm imports.
+        "timm": ["torch==2.13.0", "torchvision==0.28.0", "timm>=1.0", "safetensors>=0.4"],
     },
 )

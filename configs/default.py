@@ -9,10 +9,18 @@ import ml_collections
 def get_default() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.model = "nfnet_f0"                  # a name in nfnets_jax.models (list_models())
+  c.model = "nfnet_f0"                  # a name in nfnets_jax.models (list_models()); '' with
+                                        # init_from: the source's architecture
   c.model_kwargs = ml_collections.ConfigDict()  # constructor overrides (width, drop_rate, ...)
-  c.dataset = "imagenet2012"            # TFDS name, or 'synthetic' (tests, benchmarks)
-  c.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir (None = default)
+  c.dataset = "imagenet2012"            # TFDS name, 'folder' (your images), or 'synthetic'
+  # TFDS data_dir (None = default); with dataset='folder' the image folder ROOT, laid out as
+  # ROOT/<split>/<class>/<image> (docs/finetuning.md)
+  c.data_dir = ml_collections.config_dict.placeholder(str)
+  # dataset='folder' only: the fraction of each class of ROOT/train held out for evaluation
+  # when ROOT has no test/ or val/ folder (same files on every run; 0 = none)
+  c.folder_holdout = 0.1
+  # dataset='folder' only: unreadable image files are 'skip'ped with one warning, or an 'error'
+  c.corrupt_images = "skip"
   c.train_split = "train"
   c.eval_split = "validation"           # ImageNet test = TFDS validation
   c.train_image_size = 192
@@ -20,7 +28,9 @@ def get_default() -> ml_collections.ConfigDict:
   c.train_preproc = "inception_crop"    # 'inception_crop' | 'pad_crop' | 'none'
   c.eval_preproc = "resize_crop_32"     # 'resize_crop_32' | 'crop_resize' | 'none'
   c.eval_crop_pct = 0.875
-  c.normalization = "imagenet"          # 'imagenet' | 'dataset' | 'none'
+  c.normalization = "imagenet"          # 'imagenet' | 'dataset' | 'custom' | 'none' | 'source'
+  c.normalization_mean = ()             # 'custom': per channel, in [0, 1] pixel units
+  c.normalization_std = ()
   c.augment = ml_collections.ConfigDict(dict(
       flip=True, pad=4, randaugment_layers=4, randaugment_magnitude=5, mixup_alpha=0.2,
       cutmix=True))
@@ -42,7 +52,9 @@ def get_default() -> ml_collections.ConfigDict:
       clipping=0.01, agc_eps=1e-3, agc_exclude="reference",
       global_clip_norm=1.0,
       adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8,
-      skip_nonfinite=False))
+      skip_nonfinite=False,
+      freeze="",                        # regex of parameter paths not to train
+      body_lr_mult=1.0))                # lr multiplier outside the classifier
   c.optimizer.lr_scale_batch = 256
   c.ema_decay = ml_collections.config_dict.placeholder(float)
   c.ema_decay = 0.99999                 # None disables the parameter EMA
@@ -54,6 +66,16 @@ def get_default() -> ml_collections.ConfigDict:
   # Write checkpoints in a background thread (orbax async) while training continues; the
   # state is copied first. False: every save blocks until it is on disk.
   c.async_checkpointing = True
+  # Fine-tuning: start from pretrained weights (anything nfnets_jax.pretrained.load takes).
+  # Only step 0: a workdir with checkpoints resumes from them. Fields set to '' / 0 / 'source'
+  # (model, image sizes, channels, eval_preproc, normalization) are taken from the source.
+  c.init_from = ""
+  c.init_arch = ""                      # timm architecture of a bare .safetensors file
+  c.init_ema = ml_collections.config_dict.placeholder(bool)  # None: EMA weights when present
+  c.reinit_head = False                 # re-initialise the classifier even if classes match
+  c.init_params = True                  # False: only architecture/sizes/normalization from
+                                        # init_from, random weights (the from-scratch baseline)
+  c.image_channels = 0                  # 0: the dataset's own (or the source's) channels
   # Engine knobs (rarely changed).
   c.num_devices = ml_collections.config_dict.placeholder(int)  # first N local devices (1 process)
   c.debug_nan_at_step = ml_collections.config_dict.placeholder(int)  # test hook: NaN at step

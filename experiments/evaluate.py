@@ -1,13 +1,22 @@
-r"""Evaluates a checkpoint: top-1, top-5 and loss on a whole split, each example exactly once.
+r"""Evaluates weights: top-1, top-5 and loss on a whole split, each example exactly once.
 
-  python experiments/evaluate.py --checkpoint=PATH --config=configs/nfnet.py:F0 \
-      [--split=validation] [--dataset=imagenet_v2] [--use_ema] [--output=results.json]
+  python experiments/evaluate.py --checkpoint=SOURCE [--config=configs/nfnet.py:F0] \
+      [--arch=dm_nfnet_f0] [--recipe=source|config] [--split=validation] \
+      [--dataset=imagenet_v2] [--use_ema] [--output=results.json]
 
-PATH: a training workdir of ours (or its orbax checkpoints/ folder, or one step folder), a
-DeepMind ``F*_haiku.npz`` (MD5-checked, unpickled with a restricted loader), or a converted
-``.npz``. For our checkpoints raw and EMA parameters are both reported (``--use_ema`` for EMA
-only, ``--nouse_ema`` for raw only). The config decides the model and its eval preprocessing
-and resolution (``configs/nfnet.py:F1`` evaluates at 320 px with resize_crop_32, ...).
+SOURCE: anything ``nfnets_jax.pretrained.load`` takes: a timm/hub folder (``config.json`` +
+``model.safetensors``) or a ``.safetensors`` file with ``--arch``; DeepMind's ``F*_haiku.npz``
+(MD5-checked, restricted unpickler) or a converted ``.npz``; one of our training workdirs (or
+its ``checkpoints/`` folder, or one step folder), for which raw and EMA parameters are both
+reported (``--use_ema`` for EMA only, ``--nouse_ema`` for raw only).
+
+Without ``--config`` the weights bring their architecture and their own eval recipe
+(``--recipe=source``: timm's ``pretrained_cfg`` test size, crop_pct and mean/std; the
+reference's ``resize_crop_32`` at the test size for DeepMind's), on ImageNet's validation split,
+or, for a workdir, on the test split of the data it was trained on. With ``--config`` (e.g.
+``configs/nfnet.py:F1``: 320 px, resize_crop_32) our workdirs and DeepMind's files are
+evaluated as that config's model and recipe; ``--recipe=config`` applies the config's recipe to
+timm weights too.
 """
 import os
 import sys
@@ -17,13 +26,19 @@ from absl import flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import default  # noqa: E402  pylint: disable=wrong-import-position
 from nfnets_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
 from nfnets_jax import engine  # noqa: E402  pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config (configs/*.py[:arg]).",
                                 lock_config=True)
-flags.DEFINE_string("checkpoint", None, "Workdir, orbax checkpoint, F*_haiku.npz or .npz.")
+flags.DEFINE_string("checkpoint", None, "Anything nfnets_jax.pretrained.load takes: a timm/hub "
+                    "folder, a .safetensors file (with --arch), F*_haiku.npz, .npz or a workdir.")
+flags.DEFINE_string("arch", None, "timm architecture of a bare weight file (dm_nfnet_f0, ...).")
+flags.DEFINE_enum("recipe", "source", ["source", "config"],
+                  "Eval resize/crop/normalization: the weights' own ('source': timm's "
+                  "pretrained_cfg, the reference's for DeepMind's) or the config's.")
 flags.DEFINE_string("dataset", None,
                     "TFDS evaluation set overriding the config's (imagenet2012, imagenet_v2, "
                     "imagenet2012_real: ReaL multi-label top-1/top-5).")
@@ -38,14 +53,17 @@ flags.DEFINE_bool("trust_checkpoint", False,
                   "Unpickle a DeepMind-format file whose MD5 is not a released checkpoint's.")
 flags.DEFINE_string("checkpoint_md5", None, "Expected MD5 of the checkpoint file.")
 flags.DEFINE_string("output", None, "Write the report as JSON here.")
-flags.mark_flags_as_required(["config", "checkpoint"])
+flags.mark_flags_as_required(["checkpoint"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = FLAGS.config
+  if config is None and not os.path.isdir(FLAGS.checkpoint):
+    config = default.get_default()  # ImageNet validation; the weights bring their model
   engine.evaluate_checkpoint(
-      FLAGS.checkpoint, FLAGS.config, dataset=FLAGS.dataset, split=FLAGS.split,
+      FLAGS.checkpoint, config, arch=FLAGS.arch, recipe=FLAGS.recipe, dataset=FLAGS.dataset, split=FLAGS.split,
       image_size=FLAGS.image_size, batch_size=FLAGS.batch_size, data_dir=FLAGS.data_dir,
       use_ema=FLAGS.use_ema, step=FLAGS.step, trust=FLAGS.trust_checkpoint,
       expected_md5=FLAGS.checkpoint_md5, output=FLAGS.output)

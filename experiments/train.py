@@ -12,7 +12,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF only feeds data; keep i
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,9 +44,6 @@ def main(argv):
       kwargs = dict(coordinator_address=FLAGS.coordinator_address,
                     num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     jax.distributed.initialize(**kwargs)
-  if not FLAGS["verbosity"].present:
-    # Library INFO logs (TFDS, orbax) would drown the progress lines; --verbosity=0 shows them.
-    logging.set_verbosity(logging.WARNING)
   engine.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -14,6 +14,7 @@ from typing import Callable, List
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from nfnets_jax.errors import UserError
 
@@ -49,12 +50,12 @@ def describe_override_error(argv: List[str], error: BaseException) -> str:
     return (f"{where}the config has no field {wrong!r}; did you mean "
             f"{suggestion.group(1)!r}?")
   first = text.splitlines()[0] if text else type(error).__name__
-  key = first.strip("'\"")
-  culprit = next((a for a in overrides if key and key in a), None)
+  key = first.strip("'\" ")
+  culprit = next((a for a in overrides
+                  if key.isidentifier() and key in a.split("=")[0].split(".")), None)
   if culprit:
-    return (f"{culprit.split('=')[0]}: the config has no such field (or the value has the wrong "
-            f"type): {first}. List the fields with --config=FILE --helpfull or read the "
-            "config file.")
+    return (f"{culprit.split('=')[0]}: the config has no field {key!r}; see the fields in the "
+            "config file (or --helpfull).")
   return f"a --config override could not be applied: {first}"
 
 
@@ -78,6 +79,9 @@ def run(main: Callable[[List[str]], None]) -> None:
   """``absl.app.run(main)`` with expected errors reported as one line (see module doc)."""
 
   def guarded(argv):
+    if not FLAGS["verbosity"].present:
+      # Library INFO logs (TFDS, orbax) would drown the progress lines; --verbosity=0 shows them.
+      logging.set_verbosity(logging.WARNING)
     try:
       main(argv)
     except UserError as e:

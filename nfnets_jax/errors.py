@@ -27,6 +27,11 @@ class UnknownDatasetError(UserError, ValueError):
   """``config.dataset`` names no dataset that TFDS (or this package) knows."""
 
 
+class DatasetError(UserError, ValueError):
+  """A dataset exists but cannot be used as asked: an image folder's layout (empty or missing
+  class folders, splits with other classes, no images, unreadable images), an unknown split."""
+
+
 class CheckpointError(UserError, ValueError):
   """A weight file or checkpoint cannot be used (format, names, shapes, checksum)."""
 

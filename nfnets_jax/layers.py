@@ -39,6 +39,8 @@ _RAW_ACTIVATIONS = {
     "celu": jax.nn.celu,
     "elu": jax.nn.elu,
     "gelu": functools.partial(jax.nn.gelu, approximate=True),
+    # Exact (erf) GELU, as timm's dm_nfnet_* models use; same gamma as "gelu".
+    "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),
     "glu": jax.nn.glu,
     "leaky_relu": jax.nn.leaky_relu,
     "log_sigmoid": jax.nn.log_sigmoid,
@@ -54,6 +56,8 @@ _RAW_ACTIVATIONS = {
 
 # Aliases people commonly type.
 _ALIASES = {"swish": "silu", "linear": "identity", "none": "identity"}
+# Activations that share another one's gamma.
+_GAMMA_OF = {"gelu_exact": "gelu"}
 
 
 def raw_activation(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -68,6 +72,7 @@ def raw_activation(name: str) -> Callable[[jax.Array], jax.Array]:
 def activation_gamma(name: str) -> float:
   """Returns gamma for ``name`` (see ``ACTIVATION_GAMMAS``)."""
   key = _ALIASES.get(name, name)
+  key = _GAMMA_OF.get(key, key)
   if key not in ACTIVATION_GAMMAS:
     raise ValueError(
         f"Unknown activation {name!r}; known: {sorted(ACTIVATION_GAMMAS)}")
@@ -132,15 +137,49 @@ def conv2d(x, w, stride, padding, groups: int, impl: str = "auto"):
 # ------------------------------------------------------------------------------------------
 # Scaled weight-standardized convolution.
 # ------------------------------------------------------------------------------------------
-def standardize_weight(w: jax.Array, gain: jax.Array, eps: float = 1e-4) -> jax.Array:
+# Weight-standardization styles (``WSConv2D(**weight_std_kwargs(style))``): DeepMind's reference
+# floors ``var * fan_in`` at 1e-4; timm's ScaledStdConv2d adds 1e-5 to ``var``.
+WEIGHT_STD_STYLES = {
+    "deepmind": dict(eps=1e-4, eps_mode="floor"),
+    "timm": dict(eps=1e-5, eps_mode="add"),
+}
+
+
+def weight_std_kwargs(style: str) -> dict:
+  """``eps``/``eps_mode`` of WSConv2D for a style in ``WEIGHT_STD_STYLES``."""
+  if style not in WEIGHT_STD_STYLES:
+    raise ValueError(
+        f"Unknown weight_std {style!r}; choose one of {sorted(WEIGHT_STD_STYLES)}.")
+  return dict(WEIGHT_STD_STYLES[style])
+
+
+def symmetric_padding(kernel_size: int, stride: int = 1):
+  """timm's ``get_padding``: ``((stride - 1) + (kernel_size - 1)) // 2`` on every side.
+
+  For odd kernels it equals XLA "SAME" at stride 1 and on odd input sizes; a stride-2 3x3 conv
+  on an even input differs ("SAME" pads (0, 1), this pads (1, 1)).
+  """
+  p = ((stride - 1) + (kernel_size - 1)) // 2
+  return ((p, p), (p, p))
+
+
+def standardize_weight(w: jax.Array, gain: jax.Array, eps: float = 1e-4,
+                       eps_mode: str = "floor") -> jax.Array:
   """Scaled weight standardization of an HWIO kernel, per output channel.
 
-  ``scale = rsqrt(max(var * fan_in, eps)) * gain``; ``w_hat = w * scale - mean * scale``.
+  ``eps_mode="floor"`` (the reference): ``scale = rsqrt(max(var * fan_in, eps)) * gain``;
+  ``eps_mode="add"`` (timm): ``scale = rsqrt(fan_in * (var + eps)) * gain``;
+  then ``w_hat = w * scale - mean * scale``.
   """
   mean = jnp.mean(w, axis=(0, 1, 2), keepdims=True)
   var = jnp.var(w, axis=(0, 1, 2), keepdims=True)
   fan_in = np.prod(w.shape[:-1])
-  scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * gain
+  if eps_mode == "floor":
+    scale = jax.lax.rsqrt(jnp.maximum(var * fan_in, eps)) * gain
+  elif eps_mode == "add":
+    scale = jax.lax.rsqrt((var + eps) * fan_in) * gain
+  else:
+    raise ValueError(f"Unknown eps_mode {eps_mode!r}; choose 'floor' or 'add'.")
   shift = mean * scale
   return w * scale - shift
 
@@ -161,6 +200,7 @@ class WSConv2D(hk.Module):
                eps: float = 1e-4,
                w_init: Optional[hk.initializers.Initializer] = None,
                grouped_conv_impl: str = "auto",
+               eps_mode: str = "floor",
                name: Optional[str] = None):
     super().__init__(name=name)
     self.output_channels = output_channels
@@ -170,6 +210,7 @@ class WSConv2D(hk.Module):
     self.padding = padding
     self.feature_group_count = feature_group_count
     self.eps = eps
+    self.eps_mode = eps_mode  # "floor" (DeepMind) or "add" (timm); see standardize_weight.
     self.w_init = w_init or hk.initializers.VarianceScaling(1.0, "fan_in", "normal")
     self.grouped_conv_impl = grouped_conv_impl
 
@@ -183,7 +224,7 @@ class WSConv2D(hk.Module):
     w_shape = self.kernel_shape + (in_ch // groups, self.output_channels)
     w = hk.get_parameter("w", w_shape, x.dtype, init=self.w_init)
     gain = hk.get_parameter("gain", (self.output_channels,), x.dtype, init=jnp.ones)
-    weight = standardize_weight(w, gain, self.eps)
+    weight = standardize_weight(w, gain, self.eps, self.eps_mode)
     out = conv2d(x, weight, self.stride, self.padding, groups, self.grouped_conv_impl)
     bias = hk.get_parameter("bias", (self.output_channels,), x.dtype, init=jnp.zeros)
     return out + bias

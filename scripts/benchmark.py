@@ -9,6 +9,7 @@ Examples (see docs/benchmarks.md for the measured tables):
   python scripts/benchmark.py --sweep --sweep_models=nfnet_f0,nfnet_f3,nfnet_f7 \
       --sweep_batches=1 --compile_only                      # compile time of the first step
   python scripts/benchmark.py --input_pipeline               # ImageNet train pipeline img/s
+  python scripts/benchmark.py --mode=checkpoint --batch=2     # stall per save, sync vs async
 
 On a GPU run the same commands with ``--precision=bfloat16`` and a larger ``--batch``; 'auto'
 grouped convolutions resolve to the native kernel there and the peak is a bf16 matmul.
@@ -48,7 +49,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--image_size", type=int, default=0,
                  help="0 = the model's train size (train) or test size (eval).")
-  p.add_argument("--mode", default="train", choices=benchmark.MODES)
+  p.add_argument("--mode", default="train", choices=benchmark.MODES + ("checkpoint",),
+                 help="checkpoint: training stall per save, sync vs async (--ckpt_targets).")
+  p.add_argument("--ckpt_targets", type=_csv, default=["demo", "f0"],
+                 help="--mode=checkpoint: demo (configs/fashion_mnist.py, batch 128) and/or "
+                 "f0 (configs/nfnet.py:F0 at --batch), on synthetic data.")
+  p.add_argument("--ckpt_saves", type=int, default=3, help="--mode=checkpoint: saves timed.")
   p.add_argument("--precision", default="float32", choices=tuple(benchmark.PRECISIONS))
   p.add_argument("--no_agc", action="store_true", help="Plain SGD ('sgd') instead of 'sgd_agc'.")
   p.add_argument("--grouped_conv_impl", default="auto", choices=("auto", "native", "split"))
@@ -146,8 +152,35 @@ def table(results: List[dict]) -> str:
   return "\n".join(rows)
 
 
+def checkpoint_main(args) -> dict:
+  """``--mode=checkpoint``: stall per save (sync vs async) as a fraction of a step; table + JSON."""
+  results = []
+  for target in args.ckpt_targets:
+    config = benchmark.checkpoint_target_config(target, batch=args.batch)
+    for async_save in (False, True):
+      results.append(dict(target=target, **benchmark.checkpoint_stall_benchmark(
+          config, async_save=async_save, saves=args.ckpt_saves, window=args.steps,
+          warmup=args.warmup, log=lambda s: print(s, flush=True))))
+  print("| target | save | state MiB | step ms | save call ms | stall ms | stall (steps) "
+        "| every | amortised % of a step |\n|" + "---|" * 9)
+  for r in results:
+    print(f"| {r['target']} ({r['model']}, b{r['batch']}) | {'async' if r['async_save'] else 'sync'}"
+          f" | {r['state_mb']:.1f} | {r['step_s'] * 1e3:.1f} | {r['save_call_s'] * 1e3:.1f} | "
+          f"{r['stall_s'] * 1e3:.1f} | {r['stall_steps']:.2f} | {r['checkpoint_every_steps']} | "
+          f"{100 * r['amortised_fraction']:.4f} |")
+  out = dict(machine=benchmark.machine_info(), argv=list(sys.argv), checkpoint=results)
+  print(json.dumps(results))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(out, f, indent=1)
+    print(f"wrote {args.json}")
+  return out
+
+
 def main(argv: Optional[List[str]] = None) -> dict:
   args = parse_args(argv)
+  if args.mode == "checkpoint":
+    return checkpoint_main(args)
   out = dict(machine=benchmark.machine_info(), argv=list(sys.argv if argv is None else argv),
              flop_convention=benchmark.FLOP_CONVENTION, results=[], comparisons=[])
   print(f"backend {out['machine']['backend']} ({out['machine']['device_kind']}), "

@@ -24,6 +24,7 @@ ALLOWED = {
     "research": {"engine", "pretrained", "weights", "models", "layers", "optim", "data",
                  "errors"},
     "cli": {"errors"},
+    "predict": {"pretrained", "data", "errors"},
     "__init__": {"optim"},
 }
 # ``pretrained`` sits between the engine's building blocks and its loops: of the engine it may

@@ -2,9 +2,10 @@
 
 ``get_dataset_info``, ``train_iterator`` and ``eval_iterator`` take a config and dispatch on
 ``config.dataset``: ``'synthetic'`` (``synthetic.py``, in-memory, device-count invariant, for
-tests and benchmarks) or any TFDS image classification dataset (``pipeline.py``: ImageNet with
-the paper's augmentations, Fashion-MNIST built offline by ``fashion_mnist.py``, ...). Imports
-nothing of the package but ``errors``.
+tests and benchmarks), ``'folder'`` (your images in ``config.data_dir/<split>/<class>/``, read
+by ``folder.py``'s TFDS builder through ``pipeline.py``) or any TFDS image classification
+dataset (``pipeline.py``: ImageNet with the paper's augmentations, Fashion-MNIST built offline
+by ``fashion_mnist.py``, ...). Imports nothing of the package but ``errors``.
 """
 import os as _os
 
@@ -13,6 +14,7 @@ import os as _os
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from nfnets_jax.data import folder
 from nfnets_jax.data import pipeline
 from nfnets_jax.data import synthetic
 from nfnets_jax.data.pipeline import DatasetInfo
@@ -20,6 +22,7 @@ from nfnets_jax.data.pipeline import eval_dataset
 from nfnets_jax.data.pipeline import list_supported
 from nfnets_jax.data.pipeline import shard_bounds
 from nfnets_jax.data.pipeline import train_dataset
+from nfnets_jax.errors import DatasetError
 from nfnets_jax.errors import DatasetNotFoundError
 from nfnets_jax.errors import UnknownDatasetError
 
@@ -47,7 +50,7 @@ def eval_iterator(config, **kwargs):
 
 
 __all__ = [
-    "DatasetInfo", "DatasetNotFoundError", "SYNTHETIC", "UnknownDatasetError", "eval_dataset",
-    "eval_iterator", "get_dataset_info", "list_supported", "shard_bounds", "source",
-    "train_dataset", "train_iterator",
+    "DatasetError", "DatasetInfo", "DatasetNotFoundError", "SYNTHETIC", "UnknownDatasetError",
+    "eval_dataset", "eval_iterator", "folder", "get_dataset_info", "list_supported",
+    "shard_bounds", "source", "train_dataset", "train_iterator",
 ]

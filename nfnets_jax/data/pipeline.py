@@ -20,8 +20,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from nfnets_jax.errors import DatasetNotFoundError, UnknownDatasetError
+from nfnets_jax.errors import ConfigError, DatasetNotFoundError, UnknownDatasetError
 
+from nfnets_jax.data import folder
 from nfnets_jax.data import mixing
 from nfnets_jax.data import preprocessing
 from nfnets_jax.data import randaugment as randaugment_lib
@@ -44,6 +45,8 @@ SUPPORTED = {
     "cifar10": "splits train/test",
     "cifar100": "splits train/test",
     "imagenette": "ImageNet subset (e.g. imagenette/320px-v2); splits train/validation",
+    folder.NAME: "your images: --config.data_dir=ROOT holding ROOT/<split>/<class>/<image> "
+                 "(data/folder.py)",
 }
 
 
@@ -60,6 +63,9 @@ class DatasetInfo:
   num_train_examples: int
   num_eval_examples: int
   image_shape: Tuple[int, int, int]
+  # Label names by class index (folder: sorted class folder names); None when the dataset has
+  # only a class count (e.g. TFDS's mnist). Not part of ==, which compares the shapes and sizes.
+  class_names: Optional[Tuple[str, ...]] = dataclasses.field(default=None, compare=False)
 
 
 def _prepare_hint(name: str, data_dir: str) -> str:
@@ -76,6 +82,8 @@ def _prepare_hint(name: str, data_dir: str) -> str:
 
 def _builder(config):
   name = config.dataset
+  if name == folder.NAME:
+    return folder.builder(config)
   try:
     return tfds.builder(name, data_dir=config.get("data_dir", None))
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -84,8 +92,13 @@ def _builder(config):
         f"{sorted(SUPPORTED)} (any TFDS image classification dataset works).") from e
 
 
-def _check_prepared(builder, split: str):
-  """Raises DatasetNotFoundError (where TFDS looked, how to prepare) if data is missing."""
+def _check_prepared(builder, split: str) -> str:
+  """Raises DatasetNotFoundError (where TFDS looked, how to prepare) if data is missing.
+
+  Returns the builder's name for ``split`` (folders map test/val/validation to theirs).
+  """
+  if hasattr(builder, "resolve_split"):
+    split = builder.resolve_split(split)
   try:
     builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
   except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as e:
@@ -96,6 +109,7 @@ def _check_prepared(builder, split: str):
   except (ValueError, KeyError) as e:
     raise ValueError(f"Bad split {split!r} for {builder.name}: {e}. Known splits: "
                      f"{sorted(builder.info.splits)}") from e
+  return split
 
 
 def _absolute_ranges(builder, split: str) -> Optional[List[Tuple[str, int, int]]]:
@@ -157,13 +171,29 @@ def _shard_dataset(builder, split: str, process_index: int, process_count: int,
   return ds, end - start
 
 
-def _channels(builder) -> int:
+def _channels(builder, config=None) -> int:
+  """The dataset's own channel count, or with a config its ``image_channels`` when set (1 or 3:
+  images are then decoded from their stored bytes to that many channels)."""
   shape = builder.info.features["image"].shape
-  return int(shape[-1]) if shape[-1] is not None else 3
+  natural = int(shape[-1]) if shape[-1] is not None else 3
+  wanted = config.get("image_channels", None) if config is not None else None
+  if not wanted:
+    return natural
+  if int(wanted) not in (1, 3):
+    raise ConfigError(f"config.image_channels={wanted} must be 1 or 3 (or None/0: the dataset's "
+                      f"own, {natural}).")
+  return int(wanted)
 
 
 def _num_classes(builder) -> int:
   return int(builder.info.features["label"].num_classes)
+
+
+def _class_names(builder) -> Optional[Tuple[str, ...]]:
+  label = builder.info.features["label"]
+  if getattr(label, "_int2str", True) is None:  # only num_classes was given: names are '0', ...
+    return None
+  return tuple(str(n) for n in label.names)
 
 
 def _fits_in_memory(builder, num_examples: int) -> bool:
@@ -222,14 +252,15 @@ def _mix_seed(*values: int) -> int:
 def get_dataset_info(config) -> DatasetInfo:
   """Classes, split sizes (whole splits, all processes) and the model's input shape."""
   builder = _builder(config)
-  _check_prepared(builder, config.train_split)
-  _check_prepared(builder, config.eval_split)
+  train_split = _check_prepared(builder, config.train_split)
+  eval_split = _check_prepared(builder, config.eval_split)
   size = int(config.train_image_size)
   return DatasetInfo(
       num_classes=_num_classes(builder),
-      num_train_examples=split_size(builder, config.train_split),
-      num_eval_examples=split_size(builder, config.eval_split),
-      image_shape=(size, size, _channels(builder)))
+      num_train_examples=split_size(builder, train_split),
+      num_eval_examples=split_size(builder, eval_split),
+      image_shape=(size, size, _channels(builder, config)),
+      class_names=_class_names(builder))
 
 
 def _augment_cfg(config):
@@ -273,12 +304,10 @@ def train_dataset(config, *, per_device_batch: int, num_devices: Optional[int] =
   size = int(config.train_image_size)
 
   builder = _builder(config)
-  split = config.train_split
-  _check_prepared(builder, split)
-  channels = _channels(builder)
+  split = _check_prepared(builder, config.train_split)
+  channels = _channels(builder, config)
   num_classes = _num_classes(builder)
-  norm = preprocessing.normalization_constants(config.get("normalization", "imagenet"),
-                                               config.dataset, channels)
+  norm = preprocessing.config_normalization(config, channels)
   total = split_size(builder, split)
   n = shard_bounds(total, process_index, process_count)
   n = n[1] - n[0]
@@ -292,7 +321,7 @@ def train_dataset(config, *, per_device_batch: int, num_devices: Optional[int] =
   start_elem = start_step * batch
   first_epoch, skip = divmod(start_elem, n)
 
-  in_memory = _fits_in_memory(builder, n)
+  in_memory = _fits_in_memory(builder, n) and channels == _channels(builder)
   if in_memory:
     images_np, labels_np = _load_in_memory(builder, split, process_index, process_count)
     images_t = tf.constant(images_np)
@@ -388,8 +417,8 @@ def _eval_plan(config, per_device_batch, num_devices, split, process_index, proc
     raise ValueError(f"Unknown eval_preproc {preproc!r}; expected one of "
                      f"{preprocessing.EVAL_PREPROCS}.")
   builder = _builder(config)
-  _check_prepared(builder, split)
-  channels = _channels(builder)
+  split = _check_prepared(builder, split)
+  channels = _channels(builder, config)
   total = split_size(builder, split)
   start, end = shard_bounds(total, process_index, process_count)
   batch = per_device_batch * num_devices
@@ -398,11 +427,10 @@ def _eval_plan(config, per_device_batch, num_devices, split, process_index, proc
       num_devices=num_devices, per_device_batch=per_device_batch, batch=batch,
       process_index=process_index, process_count=process_count, n=end - start,
       size=int(config.eval_image_size), crop_pct=float(config.get("eval_crop_pct", 0.875)),
-      norm=preprocessing.normalization_constants(config.get("normalization", "imagenet"),
-                                                 config.dataset, channels),
+      norm=preprocessing.config_normalization(config, channels),
       # The largest shard decides the number of batches, identical on every process.
       num_batches=-(-(-(-total // process_count)) // batch),
-      in_memory=_fits_in_memory(builder, end - start))
+      in_memory=_fits_in_memory(builder, end - start) and channels == _channels(builder))
 
 
 def eval_iterator(config, *, per_device_batch: int, num_devices: Optional[int] = None,

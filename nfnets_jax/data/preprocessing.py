@@ -32,7 +32,7 @@ CROP_PADDING = 32  # center-crop fallback keeps size / (size + 32) of the shorte
 
 TRAIN_PREPROCS = ("inception_crop", "pad_crop", "none")
 EVAL_PREPROCS = ("resize_crop_32", "crop_resize", "none")
-NORMALIZATIONS = ("imagenet", "dataset", "none")
+NORMALIZATIONS = ("imagenet", "dataset", "custom", "none")
 
 
 def normalization_constants(normalization: str, dataset: str,
@@ -59,6 +59,21 @@ def normalization_constants(normalization: str, dataset: str,
   return mean, std
 
 
+def config_normalization(config, channels: int):
+  """(mean, std) in [0, 255] units for a config: ``normalization_constants`` of its
+  ``normalization``, or with ``'custom'`` its ``normalization_mean`` / ``normalization_std``
+  (in [0, 1] pixel units, as timm states them; fine-tuning copies them from the source)."""
+  name = config.get("normalization", "imagenet")
+  if name != "custom":
+    return normalization_constants(name, config.dataset, channels)
+  mean, std = config.get("normalization_mean", None), config.get("normalization_std", None)
+  if not mean or not std or len(mean) != channels or len(std) != channels:
+    raise ValueError(
+        f"normalization='custom' needs normalization_mean and normalization_std with one value "
+        f"per channel ({channels}); got {mean} and {std}.")
+  return tuple(float(m) * 255.0 for m in mean), tuple(float(v) * 255.0 for v in std)
+
+
 def normalize(images: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
   """(x - mean) / std over the trailing channel axis, float32."""
   images = tf.cast(images, tf.float32)
@@ -71,9 +86,22 @@ def resize(image: tf.Tensor, height, width) -> tf.Tensor:
 
 
 def decode(image: tf.Tensor, channels: int) -> tf.Tensor:
-  """Decodes encoded bytes (JPEG/PNG/...) to uint8 [H, W, C]; passes decoded images through."""
+  """Decodes encoded bytes (JPEG/PNG/BMP/GIF) to uint8 [H, W, C]; passes decoded images through.
+
+  Any stored mode becomes ``channels`` (1 or 3): TF converts PNG and JPEG itself, but decodes
+  GIF and BMP only to RGB(A), so those are decoded as RGB and then turned to grayscale.
+  """
   if image.dtype == tf.string:
-    image = tf.io.decode_image(image, channels=channels, expand_animations=False)
+    if channels == 1:
+      rgb_only = tf.logical_or(tf.equal(tf.strings.substr(image, 0, 2), b"BM"),
+                               tf.equal(tf.strings.substr(image, 0, 3), b"GIF"))
+      image = tf.cond(
+          rgb_only,
+          lambda: tf.image.rgb_to_grayscale(
+              tf.io.decode_image(image, channels=3, expand_animations=False)),
+          lambda: tf.io.decode_image(image, channels=1, expand_animations=False))
+    else:
+      image = tf.io.decode_image(image, channels=channels, expand_animations=False)
     image.set_shape([None, None, channels])
   return image
 

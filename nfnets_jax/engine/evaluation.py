@@ -12,14 +12,16 @@ converted ``.npz``; it uses the config's eval preprocessing and size (for
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import time
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from nfnets_jax import data
@@ -136,20 +138,73 @@ def sum_over(eval_step: Callable, params, model_state, batches, devices=None) ->
   return {k: float(v) for k, v in parallel.unreplicate(totals).items()}
 
 
-def evaluate_checkpoint(path: str, config, *, dataset: Optional[str] = None,
+RECIPES = ("source", "config")
+
+
+def source_config(model: pretrained.Pretrained, base_config=None, recipe: str = "source"):
+  """An eval config for weights loaded by ``pretrained.load``: the model from the source; the
+  data from ``base_config`` (or the config saved in a workdir); with ``recipe='source'`` the
+  source's own eval size, resize/crop and normalization, with ``'config'`` the base config's."""
+  if recipe not in RECIPES:
+    raise EvaluationError(f"recipe={recipe!r}; use one of {RECIPES}.")
+  if base_config is None:
+    if not model.config:
+      raise EvaluationError(f"{model.source}: pass a config (--config) naming the dataset.")
+    base_config = ml_collections.ConfigDict(model.config)
+  c = copy.deepcopy(base_config)
+  with c.unlocked() if hasattr(c, "unlocked") else contextlib.nullcontext():
+    c.model = model.name
+    c.model_kwargs = ml_collections.ConfigDict(dict(model.model_kwargs))
+    if recipe == "source":
+      c.eval_image_size = int(model.eval_image_size)
+      c.eval_preproc = model.eval_preproc
+      c.eval_crop_pct = float(model.crop_pct)
+      if model.kind != "workdir":
+        if (tuple(np.round(model.mean, 6)) != pretrained.IMAGENET_MEAN or
+            tuple(np.round(model.std, 6)) != pretrained.IMAGENET_STD):
+          raise EvaluationError(
+              f"{model.source} normalizes with mean {model.mean} / std {model.std}, which the "
+              "input pipeline has no preset for; evaluate with --recipe=config.")
+        c.normalization = "imagenet"
+  return c
+
+
+def _source_variants(path, *, arch, use_ema, step, trust) -> List[Tuple[str, Any]]:
+  """[(label, Pretrained)] for ``path``: raw and/or EMA for workdirs, one set otherwise."""
+  first = pretrained.load(path, arch, ema=use_ema, step=step, trust=trust)
+  if first.kind != "workdir":
+    if use_ema:
+      raise EvaluationError(f"{path} is a single parameter set ({first.kind}); --use_ema "
+                            "applies to our training checkpoints only.")
+    return [("raw", first)]
+  if use_ema is None and first.ema:
+    return [("raw", pretrained.load(path, ema=False, step=first.step)), ("ema", first)]
+  return [("ema" if first.ema else "raw", first)]
+
+
+def evaluate_checkpoint(path: str, config=None, *, arch: Optional[str] = None,
+                        recipe: str = "source", dataset: Optional[str] = None,
                         split: Optional[str] = None, image_size: Optional[int] = None,
                         batch_size: Optional[int] = None, data_dir: Optional[str] = None,
                         use_ema: Optional[bool] = None, step: Optional[int] = None,
                         trust: bool = False, expected_md5: Optional[str] = None,
                         num_devices: Optional[int] = None, output: Optional[str] = None,
                         log: Callable[[str], None] = print) -> Dict[str, Any]:
-  """Evaluates checkpoint ``path`` with ``config``'s model and eval data; returns a report.
+  """Evaluates the weights at ``path`` on a whole test split; returns a report.
 
-  The report (also written to ``output`` as JSON when given) holds the checkpoint, model,
-  dataset, split, image size, example count and ``results`` = {'raw'|'ema': {top1, top5, loss,
-  count}}.
+  ``path`` is anything ``pretrained.load`` takes. A timm folder or file, or any source without
+  ``config``, brings its own architecture and (``recipe='source'``) its own eval recipe; the
+  config (default: the one saved in a workdir) then only says which data to use. Our workdirs
+  and DeepMind's files with a ``config`` are evaluated as that config's model and recipe (for
+  ``configs/nfnet.py:F*`` that is the reference's). The report (also written to ``output`` as
+  JSON when given) holds the checkpoint, model, dataset, split, image size, example count and
+  ``results`` = {'raw'|'ema': {top1, top5, loss, count}}.
   """
   t0 = time.time()
+  from_source = config is None or pretrained.is_external(path)
+  if from_source:
+    sources = _source_variants(path, arch=arch, use_ema=use_ema, step=step, trust=trust)
+    config = source_config(sources[0][1], config, recipe)
   c = eval_config(config, dataset=dataset, split=split, image_size=image_size,
                   batch_size=batch_size, data_dir=data_dir)
   is_real = c.dataset.split(":")[0].split("/")[0] == imagenet_real.REAL_DATASET
@@ -164,8 +219,17 @@ def evaluate_checkpoint(path: str, config, *, dataset: Optional[str] = None,
   if int(c.eval_image_size) != model_info.test_image_size:
     log(f"note: evaluating at {c.eval_image_size}px; {c.model}'s test resolution is "
         f"{model_info.test_image_size}px.")
-  loaded = pretrained.load_for_eval(path, c, num_classes, use_ema=use_ema, step=step, trust=trust,
-                         expected_md5=expected_md5)
+  if from_source:
+    model = sources[0][1]
+    if model.num_classes != num_classes:
+      raise EvaluationError(
+          f"{path} has {model.num_classes} classes but {c.dataset} has {num_classes}: "
+          "evaluate it on a dataset with the same classes (or fine-tune it first).")
+    loaded = {"kind": model.kind, "step": model.step,
+              "variants": [(label, m.params, m.state) for label, m in sources]}
+  else:
+    loaded = pretrained.load_for_eval(path, c, num_classes, use_ema=use_ema, step=step,
+                                      trust=trust, expected_md5=expected_md5)
   devices = parallel.local_devices(num_devices or c.get("num_devices", None))
   per_device = max(1, -(-int(c.eval_batch_size) // len(devices)))
   num_batches = -(-num_examples // (per_device * len(devices)))
@@ -214,6 +278,7 @@ def evaluate_checkpoint(path: str, config, *, dataset: Optional[str] = None,
       "step": loaded["step"],
       "model": c.model,
       "model_kwargs": pretrained.model_kwargs(c),
+      "recipe": recipe if from_source else "config",
       "dataset": c.dataset,
       "split": c.eval_split,
       "image_size": int(c.eval_image_size),

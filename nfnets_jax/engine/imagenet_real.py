@@ -33,8 +33,7 @@ def real_batches(config, examples, num_examples: int, *, per_device_batch: int,
   preproc = config.get("eval_preproc", "resize_crop_32")
   crop_pct = float(config.get("eval_crop_pct", 0.875))
   channels = 3
-  norm = preprocessing.normalization_constants(config.get("normalization", "imagenet"),
-                                               config.dataset, channels)
+  norm = preprocessing.config_normalization(config, channels)
   batch = per_device_batch * num_devices
   if num_batches is None:
     num_batches = max(1, -(-num_examples // batch))

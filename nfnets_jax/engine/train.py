@@ -28,8 +28,11 @@ import numpy as np
 
 from nfnets_jax import data
 from nfnets_jax import optim
+from nfnets_jax import pretrained
+from nfnets_jax.data import preprocessing
 from nfnets_jax.engine import checkpoint
 from nfnets_jax.engine import evaluation
+from nfnets_jax.engine import finetune
 from nfnets_jax.engine import parallel
 from nfnets_jax.engine import reporting
 from nfnets_jax.engine import steps
@@ -79,11 +82,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   ``preempted`` (True when SIGTERM ended the run early after saving) and the config.
   """
   t_start = time.time()
+  config, source = finetune.resolve_config(config)  # config.init_from: pretrained weights
   setup = validation.validate_config(config)  # before anything is compiled
   validation.check_workdir(workdir)
   run = build_run(config, workdir, setup)
+  write_run_file(run)
   try:
-    state = restore_or_init(run)
+    state = restore_or_init(run, source)
     start_step = int(state["step"])
     num_params = int(sum(np.size(x) for x in jax.tree.leaves(state["params"])))
     run.console.print(describe_run(run, num_params))
@@ -134,6 +139,37 @@ def build_run(config, workdir: str, setup: validation.Setup) -> Run:
              writer=reporting.MetricWriter(workdir, enabled=is_main))
 
 
+def write_run_file(run: Run) -> None:
+  """``workdir/run.json``: what ``pretrained.load(workdir)`` needs to rebuild and use the model
+  (architecture, classes and their names, input size and channels, eval recipe, config)."""
+  if jax.process_index() != 0:
+    return
+  c, s = run.config, run.setup
+  channels = int(s.image_shape[-1])
+  norm = None  # the synthetic set is already standardised
+  if c.dataset != data.SYNTHETIC:
+    norm = preprocessing.config_normalization(c, channels)
+  record = {
+      "model": c.model,
+      "model_kwargs": dict(c.get("model_kwargs", ml_collections.ConfigDict()).to_dict()),
+      "num_classes": s.num_classes,
+      "class_names": list(s.class_names) if s.class_names else None,
+      "dataset": c.dataset,
+      "channels": channels,
+      "train_image_size": int(c.train_image_size),
+      "eval_image_size": int(c.eval_image_size),
+      "eval_preproc": c.get("eval_preproc", "resize_crop_32"),
+      "eval_crop_pct": float(c.get("eval_crop_pct", 0.875)),
+      "mean": [m / 255.0 for m in norm[0]] if norm else None,
+      "std": [v / 255.0 for v in norm[1]] if norm else None,
+      "config": c.to_dict(),
+  }
+  path = os.path.join(run.workdir, pretrained.RUN_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f, indent=2, default=str)
+  os.replace(path + ".tmp", path)
+
+
 def describe_run(run: Run, num_params: int) -> str:
   c, s = run.config, run.setup
   return (f"{c.model}: {num_params:,} params | {c.dataset} {s.num_train_examples:,} "
@@ -163,11 +199,17 @@ def initial_state(forward, tx, config, image_shape) -> Dict[str, Any]:
   return jax.tree.map(np.asarray, jax.device_get(state))
 
 
-def restore_or_init(run: Run) -> Dict[str, Any]:
-  """The newest readable checkpoint of the workdir, or the initial state when there is none."""
+def restore_or_init(run: Run, source=None) -> Dict[str, Any]:
+  """The newest readable checkpoint of the workdir, or else the initial state (with the
+  pretrained ``source``'s weights copied in when fine-tuning)."""
   state = initial_state(run.forward, run.tx, run.config, run.setup.image_shape)
+  frozen = finetune.frozen_summary(state["params"], run.config.optimizer.get("freeze", ""))
+  if frozen:
+    run.console.print(frozen)
   restored = run.ckpt.restore_latest(state)
   if restored is None:
+    if source is not None and run.config.get("init_params", True):
+      state = finetune.init_state(state, source, run.config, run.tx, log=run.console.print)
     return state
   step, state = restored
   run.console.print(f"Resumed from checkpoint {step} in {run.ckpt.directory}.")

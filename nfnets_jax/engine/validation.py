@@ -41,6 +41,7 @@ class Setup:
   steps_per_epoch: float
   total_steps: int
   model_info: Any
+  class_names: Optional[tuple] = None
 
 
 def _device_counts(config):
@@ -131,7 +132,9 @@ def validate_config(config, check_data: bool = True) -> Setup:
     info = dataset_info(config)
     num_classes, n_train, n_eval = info.num_classes, info.num_train_examples, info.num_eval_examples
     image_shape = tuple(info.image_shape)
+    class_names = getattr(info, "class_names", None)
   else:
+    class_names = None
     num_classes, n_train, n_eval, image_shape = 0, 0, 0, ()
   steps_per_epoch = n_train / int(config.batch_size) if n_train else 0.0
   if config.get("num_train_steps", None):
@@ -149,4 +152,5 @@ def validate_config(config, check_data: bool = True) -> Setup:
                accumulation_steps=accum, eval_per_device_batch=eval_batch // num_global,
                num_classes=num_classes, num_train_examples=n_train, num_eval_examples=n_eval,
                image_shape=image_shape, steps_per_epoch=steps_per_epoch or 1.0,
-               total_steps=total_steps, model_info=model_info)
+               total_steps=total_steps, model_info=model_info,
+               class_names=tuple(class_names) if class_names else None)

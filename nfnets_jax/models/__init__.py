@@ -25,3 +25,4 @@ from nfnets_jax.models.resnet import ResNet  # noqa: E402
 
 __all__ = ["ModelInfo", "NFDemo", "NFNet", "NFNetL", "NFRegNet", "NFResNet", "ResNet", "create",
            "get_info", "list_models", "register"]
+from nfnets_jax.models import timm_variants  # noqa: F401,E402  timm's nf_resnet50 / nf_regnet_b1 / test_nfnet

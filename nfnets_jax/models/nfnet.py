@@ -144,24 +144,26 @@ class NFBlock(hk.Module):
 
   def __init__(self, spec: BlockSpec, alpha: float = 0.2, se_ratio: float = 0.5,
                activation: str = "gelu", use_two_convs: bool = True,
-               grouped_conv_impl: str = "auto", name: Optional[str] = None):
+               grouped_conv_impl: str = "auto", weight_std: str = "deepmind",
+               name: Optional[str] = None):
     super().__init__(name=name)
     self.spec = spec
+    ws = layers.weight_std_kwargs(weight_std)
     self.alpha = alpha
     self.activation = layers.scaled_activation(activation)
     self.use_two_convs = use_two_convs
     width, groups = spec.bottleneck_ch, spec.groups
     # Creation order (= naming) as in the reference; init order is the call order below.
-    self.conv0 = layers.WSConv2D(width, 1, name="conv0")
+    self.conv0 = layers.WSConv2D(width, 1, name="conv0", **ws)
     self.conv1 = layers.WSConv2D(width, 3, stride=spec.stride, feature_group_count=groups,
-                                 grouped_conv_impl=grouped_conv_impl, name="conv1")
+                                 grouped_conv_impl=grouped_conv_impl, name="conv1", **ws)
     if use_two_convs:
       self.conv1b = layers.WSConv2D(width, 3, feature_group_count=groups,
-                                    grouped_conv_impl=grouped_conv_impl, name="conv1b")
-    self.conv2 = layers.WSConv2D(spec.out_ch, 1, name="conv2")
+                                    grouped_conv_impl=grouped_conv_impl, name="conv1b", **ws)
+    self.conv2 = layers.WSConv2D(spec.out_ch, 1, name="conv2", **ws)
     self.use_projection = spec.stride > 1 or spec.in_ch != spec.out_ch
     if self.use_projection:
-      self.conv_shortcut = layers.WSConv2D(spec.out_ch, 1, name="conv_shortcut")
+      self.conv_shortcut = layers.WSConv2D(spec.out_ch, 1, name="conv_shortcut", **ws)
     self.se = layers.SqueezeExcite(spec.out_ch, spec.out_ch, se_ratio=se_ratio)
 
   def __call__(self, x: jax.Array, is_training: bool):
@@ -189,7 +191,9 @@ class NFNet(hk.Module):
                drop_rate: Optional[float] = None, activation: str = "gelu",
                fc_init=None, final_conv_mult: float = 2, final_conv_ch: Optional[int] = None,
                use_two_convs: bool = True, group_width: Optional[int] = None,
-               grouped_conv_impl: str = "auto", name: Optional[str] = "NFNet"):
+               grouped_conv_impl: str = "auto", weight_std: str = "deepmind",
+               name: Optional[str] = "NFNet"):
+    # weight_std="timm" with activation="gelu_exact" is timm's dm_nfnet_* (weights/timm.py).
     super().__init__(name=name)
     self.num_classes = num_classes
     self.variant = canonical_variant(variant)
@@ -203,20 +207,22 @@ class NFNet(hk.Module):
     self.betas = [s.beta for s in self.block_specs]
     self.stochdepth_rates = [s.stochdepth_rate for s in self.block_specs]
 
+    ws = layers.weight_std_kwargs(weight_std)
     self.stem_convs = [
-        layers.WSConv2D(16, 3, stride=2, name="stem_conv0"),
-        layers.WSConv2D(32, 3, stride=1, name="stem_conv1"),
-        layers.WSConv2D(64, 3, stride=1, name="stem_conv2"),
-        layers.WSConv2D(stem_channels(self.variant), 3, stride=2, name="stem_conv3"),
+        layers.WSConv2D(16, 3, stride=2, name="stem_conv0", **ws),
+        layers.WSConv2D(32, 3, stride=1, name="stem_conv1", **ws),
+        layers.WSConv2D(64, 3, stride=1, name="stem_conv2", **ws),
+        layers.WSConv2D(stem_channels(self.variant), 3, stride=2, name="stem_conv3", **ws),
     ]
     self.blocks = [
         NFBlock(spec, alpha=alpha, se_ratio=se_ratio, activation=activation,
-                use_two_convs=use_two_convs, grouped_conv_impl=grouped_conv_impl)
+                use_two_convs=use_two_convs, grouped_conv_impl=grouped_conv_impl,
+                weight_std=weight_std)
         for spec in self.block_specs]
     last_ch = self.block_specs[-1].out_ch
     if final_conv_ch is None:
       final_conv_ch = int(final_conv_mult * last_ch)
-    self.final_conv = layers.WSConv2D(final_conv_ch, 1, name="final_conv")
+    self.final_conv = layers.WSConv2D(final_conv_ch, 1, name="final_conv", **ws)
     if fc_init is None:
       fc_init = hk.initializers.RandomNormal(stddev=0.01, mean=0.0)
     self.fc = hk.Linear(num_classes, w_init=fc_init, with_bias=True)

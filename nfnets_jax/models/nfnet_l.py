@@ -71,6 +71,15 @@ class ECA(hk.Module):
     return jax.nn.sigmoid(out)[:, None, None, :]
 
 
+def _padding(kernel: int, stride: int, mode: str):
+  """"same" (XLA SAME) or timm's "symmetric" padding (see layers.symmetric_padding)."""
+  if mode == "same":
+    return "SAME"
+  if mode == "symmetric":
+    return layers.symmetric_padding(kernel, stride)
+  raise ValueError(f"Unknown padding {mode!r}; choose 'same' or 'symmetric'.")
+
+
 def _zero_gain_creator(next_creator, shape, dtype, init, context):
   if context.full_name.endswith("/conv2/gain"):
     init = jnp.zeros
@@ -85,9 +94,11 @@ class NFLBlock(hk.Module):
                alpha: float = 0.2, bottleneck_ratio: float = 0.25, group_size: int = 64,
                attention: str = "eca", se_ratio: float = 0.25, activation=jax.nn.silu,
                stochdepth_rate: float = 0.0, grouped_conv_impl: str = "auto",
+               padding: str = "same", weight_std: str = "deepmind",
                name: Optional[str] = None):
     super().__init__(name=name)
     self.in_ch, self.out_ch = in_ch, out_ch
+    ws = layers.weight_std_kwargs(weight_std)
     self.stride = stride
     self.beta, self.alpha = beta, alpha
     self.activation = activation
@@ -98,15 +109,16 @@ class NFLBlock(hk.Module):
       width = group_size * self.groups
     self.width = width
     conv = lambda ch, k, s, g, n, **kw: layers.WSConv2D(
-        ch, k, stride=s, padding="SAME", feature_group_count=g,
-        grouped_conv_impl=grouped_conv_impl, name=n, **kw)
+        ch, k, stride=s, padding=_padding(k, s, padding), feature_group_count=g,
+        grouped_conv_impl=grouped_conv_impl, name=n, **ws, **kw)
     self.conv0 = conv(width, 1, 1, 1, "conv0")
     self.conv1 = conv(width, 3, stride, self.groups, "conv1")
     self.conv1b = conv(width, 3, 1, self.groups, "conv1b")
-    self.conv2 = layers.WSConv2D(out_ch, 1, padding="SAME", name="conv2")
+    self.conv2 = layers.WSConv2D(out_ch, 1, padding="SAME", name="conv2", **ws)
     self.use_projection = stride > 1 or in_ch != out_ch
     if self.use_projection:
-      self.conv_shortcut = layers.WSConv2D(out_ch, 1, padding="SAME", name="conv_shortcut")
+      self.conv_shortcut = layers.WSConv2D(out_ch, 1, padding="SAME", name="conv_shortcut",
+                                           **ws)
     if attention == "eca":
       self.attention = ECA(out_ch, name="eca")
     elif attention == "se":
@@ -159,7 +171,16 @@ class NFNetL(hk.Module):
                attention: Optional[str] = None, se_ratio: float = 0.25,
                feat_mult: Optional[float] = None, depths: Optional[Sequence[int]] = None,
                fc_init: Optional[hk.initializers.Initializer] = None,
-               grouped_conv_impl: str = "auto", name: Optional[str] = "NFNetL"):
+               grouped_conv_impl: str = "auto", channels: Optional[Sequence[int]] = None,
+               stem_chs: Optional[int] = None, padding: str = "same",
+               gamma_in_act: bool = True, weight_std: str = "deepmind",
+               name: Optional[str] = "NFNetL"):
+    """timm-exact options (all off by default): ``channels`` (stage widths before ``width``,
+    default (256, 512, 1536, 1536)) and ``stem_chs`` (default 128) for timm's other shapes
+    such as ``test_nfnet``; ``padding="symmetric"`` (timm's get_padding instead of SAME);
+    ``gamma_in_act=False`` (timm: the gamma of the activation sits in the next conv, so the
+    first stem conv and ``final_conv`` see ``gamma * x`` and the head's activation has no
+    gamma); ``weight_std="timm"`` (timm's additive standardization epsilon)."""
     super().__init__(name=name)
     if variant not in NFNET_L_VARIANTS:
       raise ValueError(
@@ -168,15 +189,22 @@ class NFNetL(hk.Module):
     self.num_classes = num_classes
     self.variant = variant
     self.depth_pattern = tuple(depths) if depths is not None else params["depth"]
-    self.width_pattern = [make_divisible(c * width, 8) for c in (256, 512, 1536, 1536)]
+    channels = tuple(channels) if channels is not None else (256, 512, 1536, 1536)
+    self.width_pattern = [make_divisible(c * width, 8) for c in channels]
     self.drop_rate = params["drop_rate"] if drop_rate is None else drop_rate
     self.activation = layers.scaled_activation(activation)
+    self.gamma_in_act = gamma_in_act
+    self.input_gamma = 1.0 if gamma_in_act else layers.activation_gamma(activation)
+    self.head_activation = (self.activation if gamma_in_act
+                            else layers.raw_activation(activation))
+    ws = layers.weight_std_kwargs(weight_std)
     attention = params["attention"] if attention is None else attention
     feat_mult = params["feat_mult"] if feat_mult is None else feat_mult
 
-    stem_ch = make_divisible(128 * width, 8)
+    stem_ch = make_divisible((128 if stem_chs is None else stem_chs) * width, 8)
     stem = [(stem_ch // 8, 2), (stem_ch // 4, 1), (stem_ch // 2, 1), (stem_ch, 2)]
-    self.stem_convs = [layers.WSConv2D(c, 3, stride=s, padding="SAME", name=f"stem_conv{i}")
+    self.stem_convs = [layers.WSConv2D(c, 3, stride=s, padding=_padding(3, s, padding),
+                                       name=f"stem_conv{i}", **ws)
                        for i, (c, s) in enumerate(stem)]
     self.blocks: List[NFLBlock] = []
     schedule = iter(nf_betas_and_rates(self.depth_pattern, alpha, stochdepth_rate))
@@ -189,17 +217,18 @@ class NFNetL(hk.Module):
             beta=beta, alpha=alpha, bottleneck_ratio=bottleneck_ratio,
             group_size=group_size, attention=attention, se_ratio=se_ratio,
             activation=self.activation, stochdepth_rate=rate,
-            grouped_conv_impl=grouped_conv_impl, name=f"nf_block_{len(self.blocks)}"))
+            grouped_conv_impl=grouped_conv_impl, padding=padding, weight_std=weight_std,
+            name=f"nf_block_{len(self.blocks)}"))
         ch = block_width
-    self.final_ch = make_divisible(int(1536 * feat_mult) * width, 8)
-    self.final_conv = layers.WSConv2D(self.final_ch, 1, padding="SAME", name="final_conv")
+    self.final_ch = make_divisible(int(channels[-1] * feat_mult) * width, 8)
+    self.final_conv = layers.WSConv2D(self.final_ch, 1, padding="SAME", name="final_conv", **ws)
     fc_init = fc_init or hk.initializers.RandomNormal(0.01, 0.0)
     self.fc = hk.Linear(num_classes, w_init=fc_init, with_bias=True)
 
   def __call__(self, x: jax.Array, is_training: bool, return_metrics: bool = False) -> dict:
     check_input(x, self.module_name)
     outputs = {}
-    out = x
+    out = x if self.gamma_in_act else x * self.input_gamma
     for i, conv in enumerate(self.stem_convs):
       out = conv(out)
       if i < len(self.stem_convs) - 1:
@@ -208,7 +237,9 @@ class NFNetL(hk.Module):
       out, res_var = block(out, is_training)
       if return_metrics:
         outputs.update(block_metrics(i, out, res_var))
-    out = self.activation(self.final_conv(out))
+    if not self.gamma_in_act:
+      out = out * self.input_gamma
+    out = self.head_activation(self.final_conv(out))
     pool = jnp.mean(out, axis=(1, 2))
     outputs["pool"] = pool
     outputs["logits"] = classifier_head(pool, self.fc, self.drop_rate, is_training)

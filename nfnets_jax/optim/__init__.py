@@ -8,10 +8,12 @@ from nfnets_jax.optim import agc
 from nfnets_jax.optim.recipe import (KNOWN_OPTIMIZERS, KNOWN_SCHEDULES, NO_DECAY_NAMES,
                                      build_optimizer, default_optimizer_config, ema_decay_at,
                                      ema_update, get_learning_rate, learning_rate_schedule,
-                                     peak_learning_rate, weight_decay_mask)
+                                     peak_learning_rate, scale_by_path, update_multipliers,
+                                     weight_decay_mask)
 
 __all__ = [
     "agc", "KNOWN_OPTIMIZERS", "KNOWN_SCHEDULES", "NO_DECAY_NAMES", "build_optimizer",
     "default_optimizer_config", "ema_decay_at", "ema_update", "get_learning_rate",
-    "learning_rate_schedule", "peak_learning_rate", "weight_decay_mask",
+    "learning_rate_schedule", "peak_learning_rate", "scale_by_path", "update_multipliers",
+    "weight_decay_mask",
 ]

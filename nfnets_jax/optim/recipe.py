@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from typing import Optional
 
 import jax
@@ -62,6 +63,11 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
       adam_b2=0.999,
       adam_eps=1e-8,
       skip_nonfinite=False,
+      # Fine-tuning: a regex over parameter paths ('module/name') whose updates are zeroed
+      # (e.g. '^(?!.*/~/linear/)' trains only the classifier: a linear probe), and a learning
+      # rate multiplier for every parameter outside the classifier.
+      freeze="",
+      body_lr_mult=1.0,
   ))
 
 
@@ -152,6 +158,37 @@ def weight_decay_mask(params):
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def update_multipliers(params, freeze: str = "", body_lr_mult: float = 1.0):
+  """A tree like ``params`` of python floats: 0 for paths matching the ``freeze`` regex, 1 for
+  the classifier (``agc.find_classifier``), ``body_lr_mult`` for everything else."""
+  head = agc.find_classifier(params)
+  pattern = re.compile(freeze) if freeze else None
+
+  def multiplier(key_path, _):
+    path = agc.path_name(key_path)
+    if pattern is not None and pattern.search(path):
+      return 0.0
+    return 1.0 if path.rsplit("/", 1)[0] == head else body_lr_mult
+
+  return jax.tree_util.tree_map_with_path(multiplier, params)
+
+
+def scale_by_path(multipliers_fn) -> optax.GradientTransformation:
+  """Multiplies each update by ``multipliers_fn(params)`` (a tree of constants by path)."""
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("scale_by_path needs params (the multipliers depend on their paths).")
+    mults = multipliers_fn(params)
+    return jax.tree.map(lambda u, m: u if m == 1.0 else u * m, updates, mults), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def build_optimizer(opt_config, *, batch_size: int, steps_per_epoch: float, total_steps: int,
                     accumulation_steps: int = 1) -> optax.GradientTransformation:
   """The optimizer of ``opt_config`` (``config.optimizer``), ready for ``init``/``update``.
@@ -193,6 +230,9 @@ def build_optimizer(opt_config, *, batch_size: int, steps_per_epoch: float, tota
       if momentum:
         parts.append(optax.trace(decay=momentum, nesterov=nesterov))
     parts.append(optax.scale_by_learning_rate(learning_rate))
+    if cfg.freeze or float(cfg.body_lr_mult) != 1.0:
+      parts.append(scale_by_path(functools.partial(
+          update_multipliers, freeze=cfg.freeze, body_lr_mult=float(cfg.body_lr_mult))))
     return optax.chain(*parts)
 
   tx = optax.inject_hyperparams(make_chain)(learning_rate=schedule)

@@ -570,3 +570,104 @@ def optimizer_update_benchmark(cfg: BenchConfig, optimizers: Sequence[str] = ("s
   return dict(num_params=num_params, rounds=rounds, **{
       name: dict(median_s=statistics.median(run[3]), min_s=min(run[3]), times_s=run[3])
       for name, run in runs.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint stall: how long a save holds up training, synchronous vs asynchronous orbax.
+
+CHECKPOINT_TARGETS = ("demo", "f0")
+
+
+def checkpoint_target_config(target: str, batch: int = 2):
+  """The engine config of a checkpoint-stall target, on synthetic data of the same shape.
+
+  'demo': ``configs/fashion_mnist.py`` (nf_demo, batch 128, 28x28x1); 'f0':
+  ``configs/nfnet.py:F0`` (192 px, 1000 classes, bfloat16 compute) at global batch ``batch``.
+  """
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  root = pathlib.Path(__file__).resolve().parents[2]
+  sys.path.insert(0, str(root))
+  name, arg = {"demo": ("fashion_mnist", None), "f0": ("nfnet", "F0")}[target]
+  spec = importlib.util.spec_from_file_location(f"bench_cfg_{name}",
+                                                root / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config(arg)
+  c.dataset = "synthetic"
+  c.synthetic.channels = 1 if target == "demo" else 3
+  c.synthetic.num_classes = 10 if target == "demo" else 1000
+  if target == "f0":
+    c.batch_size = batch
+    c.eval_batch_size = batch
+  c.num_train_steps = 10 ** 6
+  return c
+
+
+def checkpoint_stall_benchmark(config, *, async_save: bool, saves: int = 3, window: int = 5,
+                               warmup: int = 2, log=print) -> dict:
+  """Training stall of one checkpoint save in the engine (``train.save_checkpoint``).
+
+  Alternates ``saves`` baseline windows (``window`` train steps) with save windows (a save,
+  then ``window`` steps, so a background write's interference is counted); stall = median save
+  window - median baseline window. For async saves the write is then awaited untimed (in a run
+  it has ``checkpoint_every_steps`` steps to finish). Amortised = stall / (step time x
+  ``config.checkpoint_every_steps``).
+  """
+  import shutil  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  from nfnets_jax import data  # pylint: disable=import-outside-toplevel
+  from nfnets_jax.engine import parallel, train, validation  # pylint: disable=import-outside-toplevel
+  config = config.copy_and_resolve_references()
+  config.async_checkpointing = bool(async_save)
+  setup = validation.validate_config(config)
+  workdir = tempfile.mkdtemp(prefix="nfnets_ckpt_bench_")
+  run = train.build_run(config, workdir, setup)
+  try:
+    state = train.initial_state(run.forward, run.tx, config, setup.image_shape)
+    state_bytes = int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(state)))
+    rstate = parallel.replicate(state, run.devices)
+    batch = parallel.shard(next(data.train_iterator(
+        config, per_device_batch=setup.micro_batch * setup.accumulation_steps,
+        num_devices=len(run.devices), seed=0)), run.devices)
+
+    def steps(rstate, n):
+      for _ in range(n):
+        rstate, metrics = run.train_step(rstate, batch)
+      jax.block_until_ready((rstate, metrics))
+      return rstate
+
+    rstate = steps(rstate, warmup + 1)  # compile + warm up
+    base, with_save, calls, finish = [], [], [], []
+    for i in range(saves):
+      t0 = time.perf_counter()
+      rstate = steps(rstate, window)
+      base.append(time.perf_counter() - t0)
+      t0 = time.perf_counter()
+      train.save_checkpoint(run, rstate, 1000 * (i + 1))
+      calls.append(time.perf_counter() - t0)
+      rstate = steps(rstate, window)
+      with_save.append(time.perf_counter() - t0)
+      t1 = time.perf_counter()
+      run.ckpt.wait()
+      finish.append(time.perf_counter() - t1)
+    step_s = float(np.median(base)) / window
+    stall_s = max(0.0, float(np.median(with_save)) - float(np.median(base)))
+    interval = int(config.checkpoint_every_steps)
+    result = dict(model=config.model, batch=int(config.batch_size), async_save=bool(async_save),
+                  state_mb=state_bytes / 2**20, step_s=step_s,
+                  save_call_s=float(np.median(calls)), stall_s=stall_s,
+                  stall_steps=stall_s / step_s, checkpoint_every_steps=interval,
+                  amortised_fraction=stall_s / (step_s * interval),
+                  untimed_wait_after_window_s=float(np.median(finish)),
+                  saves=saves, window=window)
+    log(f"{config.model} b{config.batch_size} {'async' if async_save else 'sync '}: "
+        f"step {step_s * 1e3:.1f} ms, save call {result['save_call_s'] * 1e3:.1f} ms, stall "
+        f"{stall_s * 1e3:.1f} ms = {result['stall_steps']:.2f} steps, amortised over {interval}: "
+        f"{100 * result['amortised_fraction']:.4f}% of a step")
+    return result
+  finally:
+    run.ckpt.close()
+    run.writer.close()
+    shutil.rmtree(workdir, ignore_errors=True)

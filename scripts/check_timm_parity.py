@@ -1,0 +1,120 @@
+"""Measures our logits against real timm's for each supported timm architecture at full size.
+
+  python scripts/check_timm_parity.py --models dm_nfnet_f0,nfnet_l0 --image_size 64 --batch 2
+
+For each name: timm builds the model (pretrained=False; no download), every tensor is perturbed
+(gains, skip gains and biases included: timm starts skip gains and last-conv gains at zero),
+the state dict goes through ``nfnets_jax.weights.timm.to_haiku``, and both models run the same
+random images in float32. Prints a table and one JSON line per model (and writes them all to
+``--json_out`` when given). The error is max|our - timm| / max|timm| over the logits.
+Needs the timm extra: ``bash scripts/install_timm_extra.sh .venv/bin/python``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import haiku as hk  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from nfnets_jax import models  # noqa: E402
+from nfnets_jax.weights import timm as timm_weights  # noqa: E402
+
+DEFAULT_MODELS = ("dm_nfnet_f0,dm_nfnet_f1,nfnet_l0,eca_nfnet_l0,eca_nfnet_l1,eca_nfnet_l2,"
+                  "nf_regnet_b1,nf_resnet50,test_nfnet")
+
+
+def perturb_(model, torch, seed: int = 1):
+  """Non-trivial values everywhere: gains ~ 1 +- 0.3, skip gains ~ 0.5 +- 0.2, biases ~ 0.1,
+  weights shifted to a non-zero mean."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      r = torch.randn(p.shape, generator=g)
+      if name.endswith("skipinit_gain"):
+        p.copy_(0.5 + 0.2 * r)
+      elif name.endswith(".gain"):
+        p.copy_(1.0 + 0.3 * r)
+      elif name.endswith("bias"):
+        p.copy_(0.1 * r)
+      else:
+        p.add_(p.std() * (0.3 * r + 0.1))
+
+
+def measure(timm_name: str, image_size: int, batch: int, num_classes: int, timm, torch) -> dict:
+  t0 = time.time()
+  model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes).eval()
+  perturb_(model, torch)
+  state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+  x = np.random.RandomState(0).randn(batch, image_size, image_size, 3).astype(np.float32)
+  with torch.no_grad():
+    ref = model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+  del model
+  t1 = time.time()
+  # grouped_conv_impl only changes how XLA runs grouped convs (faster to compile on CPU).
+  name, kwargs, params, _ = timm_weights.to_haiku(
+      state, timm_name, model_overrides=dict(grouped_conv_impl="native"))
+  n_params = int(sum(v.size for v in state.values()))
+  del state
+  fwd = hk.transform(lambda im: models.create(name, num_classes, **kwargs)(
+      im, is_training=False)["logits"])
+  ours = np.asarray(jax.jit(fwd.apply)(params, None, jnp.asarray(x)))
+  t2 = time.time()
+  err = float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+  return dict(timm_name=timm_name, model_name=name,
+              model_overrides={k: v for k, v in kwargs.items() if k != "grouped_conv_impl"},
+              image_size=image_size, batch=batch, num_classes=num_classes,
+              params=n_params, max_abs_logit=float(np.max(np.abs(ref))), max_norm_error=err,
+              timm_seconds=round(t1 - t0, 1), ours_seconds=round(t2 - t1, 1))
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--models", default=DEFAULT_MODELS,
+                      help=f"Comma-separated timm names (supported: {', '.join(timm_weights.TIMM_MODELS)}).")
+  parser.add_argument("--image_size", type=int, default=64)
+  parser.add_argument("--batch", type=int, default=2)
+  parser.add_argument("--num_classes", type=int, default=1000)
+  parser.add_argument("--json_out", default=None, help="Also write the results here (JSON list).")
+  args = parser.parse_args(argv)
+  try:
+    import timm  # pylint: disable=import-outside-toplevel
+    import torch  # pylint: disable=import-outside-toplevel
+  except Exception as e:  # noqa: BLE001  (torchvision on a CPU torch raises RuntimeError)
+    print(f"error: timm is not importable ({type(e).__name__}: {e}); run "
+          "scripts/install_timm_extra.sh", file=sys.stderr)
+    return 1
+  names = [n.strip() for n in args.models.split(",") if n.strip()]
+  unknown = [n for n in names if n not in timm_weights.TIMM_MODELS]
+  if unknown:
+    print(f"error: unsupported: {', '.join(unknown)}; supported: "
+          f"{', '.join(timm_weights.TIMM_MODELS)}", file=sys.stderr)
+    return 1
+  results = []
+  print(f"{'timm name':<14} {'our model':<18} {'px':>4} {'params':>12} {'max|logit|':>10} "
+        f"{'error':>9} {'seconds':>8}", flush=True)
+  for name in names:
+    r = measure(name, args.image_size, args.batch, args.num_classes, timm, torch)
+    results.append(r)
+    print(f"{r['timm_name']:<14} {r['model_name']:<18} {r['image_size']:>4} {r['params']:>12,} "
+          f"{r['max_abs_logit']:>10.3g} {r['max_norm_error']:>9.2e} "
+          f"{r['timm_seconds'] + r['ours_seconds']:>8.0f}", flush=True)
+    print("JSON " + json.dumps(r, sort_keys=True), flush=True)
+  if args.json_out:
+    with open(args.json_out, "w") as f:
+      json.dump(results, f, indent=1, sort_keys=True)
+  worst = max(r["max_norm_error"] for r in results)
+  print(f"worst max-normalised logit error: {worst:.2e}")
+  return 0 if worst < 1e-4 else 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,122 @@
+"""Fine-tuning (config.init_from): exact step-0 parameters, head re-initialisation, freezing,
+resume, and clear errors for incompatible sources."""
+import pathlib
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+from configs import synthetic  # noqa: E402
+from nfnets_jax import pretrained  # noqa: E402
+from nfnets_jax.engine import finetune  # noqa: E402
+from nfnets_jax.engine import train  # noqa: E402
+from nfnets_jax.engine import validation  # noqa: E402
+from nfnets_jax.errors import ConfigError  # noqa: E402
+
+HEAD = "NFDemo/~/linear"
+
+
+@pytest.fixture(scope="module")
+def source_workdir(tmp_path_factory):
+  """A tiny trained workdir (10 classes, 1 channel, 8 px) to start from."""
+  workdir = tmp_path_factory.mktemp("source")
+  c = synthetic.get_config("tiny")
+  c.num_devices = 1
+  train.train_and_evaluate(c, str(workdir))
+  return str(workdir)
+
+
+def _finetune_config(source, num_classes=4, steps=2, **overrides):
+  c = synthetic.get_config("tiny")
+  c.num_devices = 1
+  c.init_from = source
+  c.model = ""
+  c.train_image_size = 0
+  c.eval_image_size = 0
+  c.synthetic.num_classes = num_classes
+  c.num_train_steps = steps
+  for key, value in overrides.items():
+    target = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return c
+
+
+def _step0_state(config, workdir):
+  config, source = finetune.resolve_config(config)
+  setup = validation.validate_config(config)
+  run = train.build_run(config, str(workdir), setup)
+  try:
+    return train.restore_or_init(run, source), source, config
+  finally:
+    run.ckpt.close()
+    run.writer.close()
+
+
+def _assert_equal_except(params, source_params, skip=()):
+  for module, values in source_params.items():
+    if module in skip:
+      continue
+    for name, value in values.items():
+      np.testing.assert_array_equal(np.asarray(params[module][name]), np.asarray(value),
+                                    err_msg=f"{module}/{name}")
+
+
+def test_step0_params_equal_the_source_except_a_new_head(source_workdir, tmp_path):
+  state, source, config = _step0_state(_finetune_config(source_workdir, num_classes=4), tmp_path)
+  assert config.model == "nf_demo_tiny" and config.train_image_size == 8
+  assert source.ema and source.num_classes == 10
+  _assert_equal_except(state["params"], source.params, skip=(HEAD,))
+  assert state["params"][HEAD]["w"].shape == (source.params[HEAD]["w"].shape[0], 4)
+  assert int(state["step"]) == 0
+  # EMA starts at the loaded params; momentum starts at zero.
+  _assert_equal_except(state["ema_params"], state["params"])
+  traces = [x for x in jax.tree.leaves(state["opt_state"]) if np.ndim(x) >= 1]
+  assert traces and all(not np.any(t) for t in traces)
+
+
+def test_same_class_count_loads_the_head_too_unless_reinit(source_workdir, tmp_path):
+  state, source, _ = _step0_state(_finetune_config(source_workdir, num_classes=10), tmp_path / "a")
+  _assert_equal_except(state["params"], source.params)
+  state, source, _ = _step0_state(
+      _finetune_config(source_workdir, num_classes=10, reinit_head=True), tmp_path / "b")
+  _assert_equal_except(state["params"], source.params, skip=(HEAD,))
+  assert not np.array_equal(state["params"][HEAD]["w"], source.params[HEAD]["w"])
+
+
+def test_linear_probe_trains_only_the_head_and_resumes(source_workdir, tmp_path):
+  probe = "^(?!NFDemo/~/linear/)"
+  c = _finetune_config(source_workdir, num_classes=4, steps=3, **{"optimizer.freeze": probe})
+  summary = train.train_and_evaluate(c, str(tmp_path))
+  assert summary["steps"] == 3
+  tuned = pretrained.load(str(tmp_path), ema=False)
+  source = pretrained.load(source_workdir)
+  _assert_equal_except(tuned.params, source.params, skip=(HEAD,))
+  assert tuned.num_classes == 4 and tuned.step == 3
+  # A rerun with more steps resumes from step 3 (init_from only decides step 0).
+  c.num_train_steps = 4
+  again = train.train_and_evaluate(c, str(tmp_path))
+  assert again["start_step"] == 3 and again["steps"] == 4
+
+
+def test_body_lr_mult_zero_equals_freezing_the_body(source_workdir, tmp_path):
+  c = _finetune_config(source_workdir, num_classes=4, steps=2, **{"optimizer.body_lr_mult": 0.0})
+  train.train_and_evaluate(c, str(tmp_path))
+  tuned = pretrained.load(str(tmp_path), ema=False)
+  _assert_equal_except(tuned.params, pretrained.load(source_workdir).params, skip=(HEAD,))
+
+
+def test_incompatible_sources_are_clear_errors(source_workdir, tmp_path):
+  with pytest.raises(ConfigError, match="holds a 'nf_demo_tiny'"):
+    finetune.resolve_config(_finetune_config(source_workdir, model="nf_demo"))
+  with pytest.raises(ConfigError, match="takes 1-channel images"):
+    finetune.resolve_config(_finetune_config(source_workdir, image_channels=3))
+  with pytest.raises(ConfigError, match="init_from=.*No weights at"):
+    finetune.resolve_config(_finetune_config(str(tmp_path / "nowhere")))
+  with pytest.raises(ConfigError, match="matches no parameter path"):
+    _step0_state(_finetune_config(source_workdir, **{"optimizer.freeze": "^nothing$"}),
+                 tmp_path / "f")
