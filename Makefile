@@ -11,6 +11,7 @@ FINETUNE_DATA ?= $(CURDIR)/data/finetune_demo
 FINETUNE_WORKDIR ?= $(CURDIR)/workdirs/finetune
 PYTEST_ARGS ?=
 TIMM_STAMP := $(VENV)/.timm-extra
+DEMO_STAMP := $(VENV)/.demo-extra
 
 .PHONY: venv timm-extra test test-all train data sweep finetune clean
 
@@ -52,13 +53,17 @@ sweep: data
 
 # Fine-tunes the `make train` model (trained first if missing) on scikit-learn's handwritten
 # digits written as an image folder; prints `final: top1=...`.
-finetune: $(WORKDIR)/summary.json
+finetune: $(WORKDIR)/summary.json $(DEMO_STAMP)
 	$(PY) scripts/prepare_finetune_demo.py --out=$(FINETUNE_DATA)
 	$(PY) experiments/train.py --config=configs/finetune.py:demo --workdir=$(FINETUNE_WORKDIR) \
 	  --config.init_from=$(WORKDIR) --config.data_dir=$(FINETUNE_DATA)
 
 $(WORKDIR)/summary.json:
 	$(MAKE) train
+
+$(DEMO_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[demo]"
+	touch $(DEMO_STAMP)
 
 clean:
 	rm -rf $(VENV) workdirs

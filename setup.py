@@ -26,6 +26,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "dill>=0.3.8"],
+        # `make finetune`: scikit-learn ships the real handwritten digits of the demo.
+        "demo": ["scikit-learn>=1.3"],
         # Real timm for tests/weights/test_timm.py: install with scripts/install_timm_extra.sh,
         # which also takes the CPU torch wheel and patches torchvision so that timm imports.
         "timm": ["torch==2.13.0", "torchvision==0.28.0", "timm>=1.0", "safetensors>=0.4"],

@@ -6,7 +6,9 @@ per-example stochastic depth without rescaling.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import haiku as hk
@@ -109,17 +111,32 @@ def _resolve_grouped_impl(impl: str) -> str:
   return impl
 
 
+def _is_pointwise(w, strides, padding) -> bool:
+  if w.shape[:2] != (1, 1) or tuple(strides) != (1, 1):
+    return False
+  if isinstance(padding, str):
+    return padding in ("SAME", "VALID")
+  return all(tuple(p) == (0, 0) for p in padding)
+
+
 def conv2d(x, w, stride, padding, groups: int, impl: str = "auto"):
   """NHWC x HWIO convolution with ``groups`` feature groups.
 
   ``impl='native'`` uses ``feature_group_count``; ``impl='split'`` runs one ordinary
-  convolution per group and concatenates (identical math, faster on XLA:CPU);
-  ``'auto'`` picks per backend.
+  convolution per group and concatenates, and a 1x1 stride-1 ungrouped conv as a matmul
+  (identical math, faster on XLA:CPU); ``'auto'`` picks per backend.
   """
   dn = ("NHWC", "HWIO", "NHWC")
   strides = tuple(stride) if isinstance(stride, (tuple, list)) else (stride, stride)
-  impl = _resolve_grouped_impl(impl) if groups > 1 else "native"
-  if impl == "native":
+  impl = _resolve_grouped_impl(impl)
+  if impl == "split" and _is_pointwise(w, strides, padding) and groups == 1:
+    # A 1x1 stride-1 conv is a matmul over (batch * height * width, channels). XLA:CPU runs
+    # its gradients ~2x faster as dots (the weight gradient of the conv form transposes both
+    # operands); same sums, so the same numbers to float32 rounding.
+    b, h, wd, c = x.shape
+    y = jnp.dot(x.reshape(b * h * wd, c), w.reshape(c, w.shape[3]))
+    return y.reshape(b, h, wd, w.shape[3])
+  if impl == "native" or groups == 1:
     return jax.lax.conv_general_dilated(
         x, w, window_strides=strides, padding=padding, dimension_numbers=dn,
         feature_group_count=groups)
@@ -184,6 +201,69 @@ def standardize_weight(w: jax.Array, gain: jax.Array, eps: float = 1e-4,
   return w * scale - shift
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def standardize_weight_fast(w: jax.Array, gain: jax.Array, eps: float = 1e-4,
+                            eps_mode: str = "floor") -> jax.Array:
+  """:func:`standardize_weight` with a hand-written backward pass (same forward).
+
+  Autodiff of the standardization leaves XLA:CPU strided reductions over the fan-in that run
+  4-6x slower than this closed form. With ``xc = w - mean``, ``s = sum(xc**2)`` (= var * fan_in)
+  and ``inv = rsqrt(max(s, eps))`` (floor) or ``rsqrt(s + eps * fan_in)`` (add), ``w_hat = xc *
+  inv * gain``, per output channel:
+  ``d gain = inv * sum(g * xc)``; ``d xc = g * inv * gain - xc * inv**3 * gain * sum(g * xc)``
+  (the second term vanishes where the floor is active); ``d w = d xc - mean(d xc)``.
+  No forward-mode derivative (``jax.jvp``); use :func:`standardize_weight` for that.
+  """
+  return standardize_weight(w, gain, eps, eps_mode)
+
+
+def _standardize_fast_fwd(w, gain, eps, eps_mode):
+  c = w.shape[-1]
+  w2 = w.reshape(-1, c)
+  fan_in = w2.shape[0]
+  mean = jnp.mean(w2, axis=0)
+  xc = w2 - mean
+  ssq = jnp.sum(xc * xc, axis=0)
+  if eps_mode == "floor":
+    inv = jax.lax.rsqrt(jnp.maximum(ssq, eps))
+    active = ssq >= eps
+  elif eps_mode == "add":
+    inv = jax.lax.rsqrt(ssq + eps * fan_in)
+    active = jnp.ones_like(ssq, dtype=bool)
+  else:
+    raise ValueError(f"Unknown eps_mode {eps_mode!r}; choose 'floor' or 'add'.")
+  # Residuals: the parameter itself (alive anyway) and per-channel vectors; xc is recomputed in
+  # the backward pass (fused there) instead of being kept, so no kernel-sized buffer is saved.
+  return standardize_weight(w, gain, eps, eps_mode), (w, mean, inv, gain, active)
+
+
+def _standardize_fast_bwd(eps, eps_mode, res, g):
+  del eps, eps_mode
+  w, mean, inv, gain, active = res
+  shape = g.shape
+  xc = w.reshape(-1, shape[-1]) - mean
+  g2 = g.reshape(xc.shape)
+  s = jnp.sum(g2 * xc, axis=0)
+  d_gain = s * inv
+  coef = jnp.where(active, -(s * gain) * inv * inv * inv, jnp.zeros_like(inv))
+  d_xc = g2 * (inv * gain) + xc * coef
+  d_w = d_xc - jnp.mean(d_xc, axis=0)
+  return d_w.reshape(shape), d_gain.reshape(gain.shape)
+
+
+standardize_weight_fast.defvjp(_standardize_fast_fwd, _standardize_fast_bwd)
+
+
+# Inference folding: at eval time the standardized weights are constants of the parameters, so
+# `fold_weight_standardization` computes them once and `folded_weights()` makes every WSConv2D
+# use its `w` as the final kernel (see the functions at the end of this module).
+_FOLD = threading.local()
+
+
+def _fold_mode() -> Optional[str]:
+  return getattr(_FOLD, "mode", None)
+
+
 class WSConv2D(hk.Module):
   """2D convolution with Scaled Weight Standardization and an affine gain.
 
@@ -224,7 +304,15 @@ class WSConv2D(hk.Module):
     w_shape = self.kernel_shape + (in_ch // groups, self.output_channels)
     w = hk.get_parameter("w", w_shape, x.dtype, init=self.w_init)
     gain = hk.get_parameter("gain", (self.output_channels,), x.dtype, init=jnp.ones)
-    weight = standardize_weight(w, gain, self.eps, self.eps_mode)
+    mode = _fold_mode()
+    if mode == "consume":
+      weight = w  # Already standardized by fold_weight_standardization.
+    elif _resolve_grouped_impl(self.grouped_conv_impl) == "split":
+      weight = standardize_weight_fast(w, gain, self.eps, self.eps_mode)
+    else:
+      weight = standardize_weight(w, gain, self.eps, self.eps_mode)
+    if mode == "record":
+      _FOLD.weights[self.module_name] = weight
     out = conv2d(x, weight, self.stride, self.padding, groups, self.grouped_conv_impl)
     bias = hk.get_parameter("bias", (self.output_channels,), x.dtype, init=jnp.zeros)
     return out + bias
@@ -331,3 +419,49 @@ def signal_metrics(x: jax.Array, prefix: str) -> dict:
 def count_params(params) -> int:
   """Total number of scalars in a parameter tree (works on ShapeDtypeStructs too)."""
   return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
+
+
+# ------------------------------------------------------------------------------------------
+# Inference folding of the weight standardization.
+# ------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def folded_weights():
+  """Within this context every WSConv2D takes its ``w`` as the final, standardized kernel.
+
+  Apply a model to the output of :func:`fold_weight_standardization` inside it (trace time is
+  what matters: wrap the ``apply`` call that ``jax.jit`` traces). Eval only.
+  """
+  prev = _fold_mode()
+  _FOLD.mode = "consume"
+  try:
+    yield
+  finally:
+    _FOLD.mode = prev
+
+
+def fold_weight_standardization(forward, params, state, sample_images):
+  """Parameters for inference: each WSConv2D's ``w`` replaced by its standardized kernel.
+
+  ``forward`` is the ``hk.transform_with_state`` of the model (called as ``forward.apply(params,
+  state, rng, images, is_training)``); it is run once, in eval mode, on ``sample_images`` (any
+  batch and size the model accepts, e.g. one small image), and every WSConv2D records the kernel
+  it computes, with its own ``eps``/``eps_mode``, so the fold always matches the model. ``gain``
+  is kept (unused under :func:`folded_weights`) so the tree keeps its structure. Use the result
+  only inside :func:`folded_weights`; the logits then equal the unfolded model's to float32
+  rounding, without standardizing ~all parameters on every forward pass.
+  """
+  def record(params, state, images):
+    prev = _fold_mode()
+    _FOLD.mode, _FOLD.weights = "record", {}
+    try:
+      forward.apply(params, state, None, images, False)
+      return dict(_FOLD.weights)
+    finally:
+      _FOLD.mode = prev
+      _FOLD.weights = {}
+
+  weights = jax.jit(record)(params, state, sample_images)
+  out = {k: dict(v) for k, v in params.items()}
+  for name, kernel in weights.items():
+    out[name]["w"] = kernel.astype(params[name]["w"].dtype)
+  return type(params)(out) if isinstance(params, dict) else out

@@ -51,6 +51,30 @@ def _resolve_orbax(path: str) -> Tuple[str, Optional[int]]:
   return path, None
 
 
+def read_checkpoint(directory: str, step: Optional[int] = None) -> Tuple[int, Dict[str, Any]]:
+  """(step, state as saved) of checkpoint ``step`` in ``directory``, or of the newest readable
+  one. Unreadable newer steps are skipped with a warning on stderr and never moved: reading
+  must not modify a workdir (training moves them aside when it resumes)."""
+  ckpt = checkpoint.Checkpointer(
+      directory, log=lambda message: print(message, file=sys.stderr, flush=True))
+  try:
+    if step is None:
+      found = ckpt.restore_latest(None, move_aside=False)
+      if found is None:
+        raise CheckpointNotFoundError(f"No checkpoint in {directory} yet: train first.")
+      return found
+    if step not in ckpt.all_steps():
+      raise CheckpointNotFoundError(f"No checkpoint step {step} in {directory} (steps: "
+                                    f"{sorted(ckpt.all_steps())}).")
+    try:
+      return step, ckpt.restore_raw(step)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f"Checkpoint {step} in {directory} cannot be read "
+                            f"({type(e).__name__}: {e}).") from e
+  finally:
+    ckpt.close()
+
+
 def checkpoint_kind(path: str) -> str:
   """'orbax' (a directory), 'npz' (zip archive) or 'deepmind' (a pickle), read from the bytes.
 
@@ -75,7 +99,8 @@ def checkpoint_kind(path: str) -> str:
       f"bytes are {head!r}. Check the path or download the file again.")
 
 
-def load_for_eval(path: str, config, num_classes: int, *, use_ema: Optional[bool] = None,
+def load_for_eval(path: str, config, num_classes: int, *, channels: int = 3,
+                  use_ema: Optional[bool] = None,
                   step: Optional[int] = None, trust: bool = False,
                   expected_md5: Optional[str] = None) -> Dict[str, Any]:
   """Loads and validates ``path`` for ``config.model``.
@@ -87,32 +112,12 @@ def load_for_eval(path: str, config, num_classes: int, *, use_ema: Optional[bool
   model_name = config.model
   info = models.get_info(model_name)
   shape_kwargs = _hashable_kwargs(config)
-  expected = deepmind.expected_param_shapes(model_name, num_classes, **shape_kwargs)
+  expected = deepmind.expected_param_shapes(model_name, num_classes, channels, **shape_kwargs)
   variants: List[Tuple[str, Any, Any]] = []
   if kind == "orbax":
     directory, dir_step = _resolve_orbax(path)
     step = dir_step if step is None else step
-    # Unreadable newer steps are skipped with a warning on stderr, never moved: evaluating
-    # must not modify a workdir (training moves them aside when it resumes).
-    ckpt = checkpoint.Checkpointer(
-        directory, log=lambda message: print(message, file=sys.stderr, flush=True))
-    try:
-      if step is None:
-        found = ckpt.restore_latest(None, move_aside=False)
-        if found is None:
-          raise EvaluationError(f"No orbax checkpoint steps in {directory}.")
-        step, raw = found
-      else:
-        if step not in ckpt.all_steps():
-          raise EvaluationError(f"No checkpoint step {step} in {directory} (steps: "
-                                f"{sorted(ckpt.all_steps())}).")
-        try:
-          raw = ckpt.restore_raw(step)
-        except Exception as e:  # pylint: disable=broad-except
-          raise CheckpointError(f"Checkpoint {step} in {directory} cannot be read "
-                                f"({type(e).__name__}: {e}).") from e
-    finally:
-      ckpt.close()
+    step, raw = read_checkpoint(directory, step)
     if "params" not in raw:
       raise EvaluationError(f"{path} (step {step}) has no 'params'; keys: {sorted(raw)}.")
     model_state = raw.get("model_state", {}) or {}
@@ -389,17 +394,7 @@ def _load_workdir(source, *, ema, step) -> Pretrained:
   run = read_run_file(workdir)
   directory = os.path.join(workdir, "checkpoints")
   step = dir_step if step is None else step
-  ckpt = checkpoint.Checkpointer(directory, log=lambda m: print(m, file=sys.stderr, flush=True))
-  try:
-    if step is None:
-      found = ckpt.restore_latest(None, move_aside=False)
-      if found is None:
-        raise CheckpointNotFoundError(f"No checkpoint in {directory} yet: train first.")
-      step, raw = found
-    else:
-      raw = ckpt.restore_raw(step)
-  finally:
-    ckpt.close()
+  step, raw = read_checkpoint(directory, step)
   use_ema = "ema_params" in raw if ema is None else bool(ema)
   if use_ema and "ema_params" not in raw:
     raise CheckpointError(f"{source} has no EMA parameters (the run had ema_decay=None); "

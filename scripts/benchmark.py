@@ -5,6 +5,8 @@ Examples (see docs/benchmarks.md for the measured tables):
   python scripts/benchmark.py --model=nfnet_f0 --batch=8 --image_size=192 --mode=train
   python scripts/benchmark.py --mode=train --compare=impl     # native vs split grouped convs
   python scripts/benchmark.py --mode=train --compare=agc      # sgd_agc vs sgd, interleaved
+  python scripts/benchmark.py --mode=eval --compare=fold      # inference-folded WS vs not
+  python scripts/benchmark.py --mode=train --compare=timm     # vs timm dm_nfnet_f0 (torch)
   python scripts/benchmark.py --sweep --sweep_batches=1,4,8 --sweep_modes=train,eval
   python scripts/benchmark.py --sweep --sweep_models=nfnet_f0,nfnet_f3,nfnet_f7 \
       --sweep_batches=1 --compile_only                      # compile time of the first step
@@ -63,8 +65,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                  help="Model constructor override key=value (repeatable), e.g. width=0.25.")
   p.add_argument("--steps", type=int, default=5, help="Timed steps (per variant).")
   p.add_argument("--warmup", type=int, default=1, help="Untimed steps after the first call.")
-  p.add_argument("--compare", choices=("impl", "agc"), default=None,
-                 help="impl: native vs split grouped convs; agc: sgd_agc vs sgd. Interleaved.")
+  p.add_argument("--compare", choices=("impl", "agc", "fold", "timm"), default=None,
+                 help="impl: native vs split grouped convs; agc: sgd_agc vs sgd; fold (eval): "
+                 "weight standardization folded once vs every forward; timm: ours vs timm's "
+                 "dm_* model (torch, lazily imported; eval: ours unfolded and folded). "
+                 "Interleaved.")
+  p.add_argument("--fold_ws", action="store_true",
+                 help="Eval: fold the weight standardization into the kernels once per "
+                 "parameter set (layers.fold_weight_standardization).")
   p.add_argument("--update_rounds", type=int, default=20,
                  help="--compare=agc: interleaved rounds of the update-only timing.")
   p.add_argument("--sweep", action="store_true", help="Product of the --sweep_* lists.")
@@ -125,8 +133,14 @@ def build_configs(args) -> List[benchmark.BenchConfig]:
       raise SystemExit("--compare=agc needs --mode=train.")
     return [benchmark.BenchConfig(grouped_conv_impl=args.grouped_conv_impl, agc=True, **one),
             benchmark.BenchConfig(grouped_conv_impl=args.grouped_conv_impl, agc=False, **one)]
+  if args.compare == "fold" or (args.compare == "timm" and args.mode == "eval"):
+    if args.mode != "eval":
+      raise SystemExit("--compare=fold needs --mode=eval.")
+    return [benchmark.BenchConfig(grouped_conv_impl=args.grouped_conv_impl, fold_ws=False,
+                                  **one),
+            benchmark.BenchConfig(grouped_conv_impl=args.grouped_conv_impl, fold_ws=True, **one)]
   return [benchmark.BenchConfig(grouped_conv_impl=args.grouped_conv_impl,
-                                   agc=not args.no_agc, **one)]
+                                   agc=not args.no_agc, fold_ws=args.fold_ws, **one)]
 
 
 def _fmt(x, spec):
@@ -185,7 +199,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
              flop_convention=benchmark.FLOP_CONVENTION, results=[], comparisons=[])
   print(f"backend {out['machine']['backend']} ({out['machine']['device_kind']}), "
         f"{out['machine']['cpu_model']}, {out['machine']['cpu_cores']} cores, "
-        f"jax {out['machine']['jax']}", flush=True)
+        f"jax {out['machine']['jax']}, load average "
+        f"{' '.join(f'{v:.2f}' for v in out['machine']['load_average'])}", flush=True)
   if not args.pipeline_only:
     peak = None
     if not args.no_peak and not args.compile_only:
@@ -194,9 +209,20 @@ def main(argv: Optional[List[str]] = None) -> dict:
       print(f"matmul peak: {out['peak']['n']}^2 {out['peak']['dtype']}: "
             f"{peak / 1e9:.1f} GFLOP/s", flush=True)
     cfgs = build_configs(args)
-    results = benchmark.measure(
-        cfgs, steps=args.steps, warmup=args.warmup, peak_flops=peak,
-        compile_only=args.compile_only, log=lambda s: print(s, flush=True))
+    if args.compare == "timm":
+      why = benchmark.timm_available()
+      if why:
+        raise SystemExit(f"--compare=timm needs torch + timm ({why}); run "
+                         "`bash scripts/install_timm_extra.sh .venv/bin/python`.")
+      if args.model not in benchmark.TIMM_MODELS or args.precision != "float32":
+        raise SystemExit(f"--compare=timm: float32 and one of {sorted(benchmark.TIMM_MODELS)}.")
+      results = benchmark.measure_with_timm(
+          cfgs, steps=args.steps, warmup=args.warmup, peak_flops=peak,
+          log=lambda s: print(s, flush=True))
+    else:
+      results = benchmark.measure(
+          cfgs, steps=args.steps, warmup=args.warmup, peak_flops=peak,
+          compile_only=args.compile_only, log=lambda s: print(s, flush=True))
     if peak is not None:
       # Background load makes a single matmul reading noisy: take the best of before/after.
       after = benchmark.matmul_peak(args.peak_n or None)
@@ -212,6 +238,11 @@ def main(argv: Optional[List[str]] = None) -> dict:
     out["results"] = results
     if args.compare == "impl":
       out["comparisons"].append(benchmark.ratio(results, 1, 0, "split_over_native"))
+    elif args.compare == "fold":
+      out["comparisons"].append(benchmark.ratio(results, 1, 0, "folded_over_unfolded"))
+    elif args.compare == "timm":
+      for i in range(len(cfgs)):
+        out["comparisons"].append(benchmark.ratio(results, i, len(results) - 1, "ours_over_timm"))
     elif args.compare == "agc":
       c = benchmark.ratio(results, 0, 1, "agc_over_sgd")
       if "step_time_ratio" in c:
@@ -228,6 +259,10 @@ def main(argv: Optional[List[str]] = None) -> dict:
     print(table(results))
     for c in out["comparisons"]:
       print(json.dumps(c))
+      if "throughput_ratio" in c:
+        print(f"  {c['numerator']} / {c['denominator']}: throughput x{c['throughput_ratio']:.2f}"
+              f" (per-round step-time ratio {c['step_time_ratio_per_round_median']:.3f})")
+    out["load_average_end"] = list(os.getloadavg())
   if args.input_pipeline or args.pipeline_only:
     out["input_pipeline"] = benchmark.input_pipeline_benchmark(
         num_images=args.pipeline_images, batches=args.pipeline_batches,

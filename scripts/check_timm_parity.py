@@ -27,36 +27,19 @@ import numpy as np  # noqa: E402
 
 from nfnets_jax import models  # noqa: E402
 from nfnets_jax.weights import timm as timm_weights  # noqa: E402
+from nfnets_jax.weights import timm_parity as parity  # noqa: E402
 
 DEFAULT_MODELS = ("dm_nfnet_f0,dm_nfnet_f1,nfnet_l0,eca_nfnet_l0,eca_nfnet_l1,eca_nfnet_l2,"
                   "nf_regnet_b1,nf_resnet50,test_nfnet")
 
 
-def perturb_(model, torch, seed: int = 1):
-  """Non-trivial values everywhere: gains ~ 1 +- 0.3, skip gains ~ 0.5 +- 0.2, biases ~ 0.1,
-  weights shifted to a non-zero mean."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      r = torch.randn(p.shape, generator=g)
-      if name.endswith("skipinit_gain"):
-        p.copy_(0.5 + 0.2 * r)
-      elif name.endswith(".gain"):
-        p.copy_(1.0 + 0.3 * r)
-      elif name.endswith("bias"):
-        p.copy_(0.1 * r)
-      else:
-        p.add_(p.std() * (0.3 * r + 0.1))
-
-
 def measure(timm_name: str, image_size: int, batch: int, num_classes: int, timm, torch) -> dict:
   t0 = time.time()
   model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes).eval()
-  perturb_(model, torch)
-  state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+  parity.perturb_(model)
+  state = parity.numpy_state(model)
   x = np.random.RandomState(0).randn(batch, image_size, image_size, 3).astype(np.float32)
-  with torch.no_grad():
-    ref = model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+  ref = parity.timm_logits(model, x)
   del model
   t1 = time.time()
   # grouped_conv_impl only changes how XLA runs grouped convs (faster to compile on CPU).
@@ -68,7 +51,7 @@ def measure(timm_name: str, image_size: int, batch: int, num_classes: int, timm,
       im, is_training=False)["logits"])
   ours = np.asarray(jax.jit(fwd.apply)(params, None, jnp.asarray(x)))
   t2 = time.time()
-  err = float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+  err = parity.max_normalised_error(ours, ref)
   return dict(timm_name=timm_name, model_name=name,
               model_overrides={k: v for k, v in kwargs.items() if k != "grouped_conv_impl"},
               image_size=image_size, batch=batch, num_classes=num_classes,

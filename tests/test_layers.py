@@ -136,3 +136,55 @@ def test_avg_pool_2x2_same_large_1x1_input():
   # XLA:CPU's SAME reduce_window is wrong here (batch x channels >= 4096); ours is exact.
   x = jax.random.normal(jax.random.PRNGKey(0), (24, 1, 1, 192))
   np.testing.assert_allclose(layers.avg_pool_2x2_same(x), x, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# CPU fast paths (issue 15): each must equal the faithful path.
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((0, 0), (0, 0))])
+def test_pointwise_conv_as_matmul_matches_native(padding):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, 16))
+  w = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 16, 24)) * 0.2
+  f = lambda impl: (lambda x, w: jnp.sum(jnp.sin(layers.conv2d(x, w, 1, padding, 1, impl))))
+  np.testing.assert_allclose(layers.conv2d(x, w, 1, padding, 1, "split"),
+                             layers.conv2d(x, w, 1, padding, 1, "native"), rtol=1e-5, atol=1e-5)
+  gs = jax.grad(f("split"), argnums=(0, 1))(x, w)
+  gn = jax.grad(f("native"), argnums=(0, 1))(x, w)
+  for a, b in zip(gs, gn):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  # The matmul path is taken exactly for 1x1 stride-1 unpadded convs.
+  jaxpr = str(jax.make_jaxpr(lambda x, w: layers.conv2d(x, w, 1, padding, 1, "split"))(x, w))
+  assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
+  jaxpr = str(jax.make_jaxpr(lambda x, w: layers.conv2d(x, w, 2, padding, 1, "split"))(x, w))
+  assert "conv_general_dilated" in jaxpr
+
+
+@pytest.mark.parametrize("eps_mode,eps", [("floor", 1e-4), ("add", 1e-5)])
+@pytest.mark.parametrize("shape", [(3, 3, 8, 16), (1, 1, 32, 8)])
+def test_standardize_weight_fast_matches_autodiff(eps_mode, eps, shape):
+  w = jax.random.normal(jax.random.PRNGKey(0), shape) * 0.3
+  gain = 1.0 + 0.2 * jax.random.normal(jax.random.PRNGKey(1), shape[-1:])
+  ct = jax.random.normal(jax.random.PRNGKey(2), shape)
+  np.testing.assert_allclose(layers.standardize_weight_fast(w, gain, eps, eps_mode),
+                             layers.standardize_weight(w, gain, eps, eps_mode), rtol=1e-5,
+                             atol=1e-6)
+  loss = lambda f: (lambda w, g: jnp.sum(f(w, g, eps, eps_mode) * ct))
+  fast = jax.grad(loss(layers.standardize_weight_fast), argnums=(0, 1))(w, gain)
+  ref = jax.grad(loss(layers.standardize_weight), argnums=(0, 1))(w, gain)
+  for a, b in zip(fast, ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+def test_standardize_weight_fast_eps_floor_active():
+  # A (near-)constant filter has var * fan_in under the floor: scale is constant, no grad via var.
+  w = jnp.concatenate([jnp.full((1, 1, 4, 1), 0.5) + 1e-4 * jnp.arange(4.).reshape(1, 1, 4, 1),
+                       jax.random.normal(jax.random.PRNGKey(0), (1, 1, 4, 1))], axis=-1)
+  gain = jnp.array([1.5, 0.7])
+  ct = jax.random.normal(jax.random.PRNGKey(3), w.shape)
+  loss = lambda f: (lambda w, g: jnp.sum(f(w, g) * ct))
+  fast = jax.grad(loss(layers.standardize_weight_fast), argnums=(0, 1))(w, gain)
+  ref = jax.grad(loss(layers.standardize_weight), argnums=(0, 1))(w, gain)
+  # Floored channel: the faithful `w * scale - mean * scale` cancels (w ~ 0.5, scale = 100), so
+  # compare at 1e-5 of each gradient's largest entry.
+  for a, b in zip(fast, ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))

@@ -15,6 +15,7 @@ import pytest
 from nfnets_jax import predict
 from nfnets_jax import pretrained
 from nfnets_jax.errors import CheckpointError, UserError
+from nfnets_jax.weights import timm_parity as parity
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -30,28 +31,7 @@ needs_timm = pytest.mark.skipif(TIMM_ERROR is not None, reason=str(TIMM_ERROR))
 def _perturbed_timm(num_classes, seed=0):
   torch.manual_seed(seed)
   model = timm.create_model("test_nfnet", pretrained=False, num_classes=num_classes).eval()
-  g = torch.Generator().manual_seed(seed + 1)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      r = torch.randn(p.shape, generator=g)
-      if name.endswith("skipinit_gain"):
-        p.copy_(0.5 + 0.2 * r)
-      elif name.endswith(".gain"):
-        p.copy_(1.0 + 0.3 * r)
-      elif name.endswith("bias"):
-        p.copy_(0.1 * r)
-      else:
-        p.add_(p.std() * (0.3 * r + 0.1))
-  return model
-
-
-def _timm_logits(model, x_nhwc):
-  with torch.no_grad():
-    return model(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))).numpy()
-
-
-def _max_rel(a, b):
-  return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+  return parity.perturb_(model, seed + 1)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +59,7 @@ def test_load_hub_folder_metadata_and_logits(hub_folder):
   assert m.mean == pytest.approx(tuple(cfg["mean"])) and m.std == pytest.approx(tuple(cfg["std"]))
   assert m.class_names is None and m.label(3) == "3"
   x = np.random.RandomState(0).randn(2, 48, 48, 3).astype(np.float32)
-  assert _max_rel(m.logits(x), _timm_logits(torch_model, x)) < 1e-4
+  assert parity.max_normalised_error(m.logits(x), parity.timm_logits(torch_model, x)) < 1e-4
 
 
 @needs_timm
@@ -90,7 +70,7 @@ def test_bare_safetensors_needs_arch(hub_folder):
     pretrained.load(path)
   m = pretrained.load(path, arch="test_nfnet")
   x = np.random.RandomState(1).randn(1, 40, 40, 3).astype(np.float32)
-  assert _max_rel(m.logits(x), _timm_logits(torch_model, x)) < 1e-4
+  assert parity.max_normalised_error(m.logits(x), parity.timm_logits(torch_model, x)) < 1e-4
 
 
 @needs_timm
@@ -102,7 +82,7 @@ def test_save_timm_round_trip_loads_in_timm_with_the_same_logits(hub_folder, tmp
   back = timm.create_model("test_nfnet", pretrained=True, pretrained_cfg_overlay=dict(
       file=str(out / "model.safetensors"), num_classes=7)).eval()
   x = np.random.RandomState(2).randn(2, 32, 32, 3).astype(np.float32)
-  np.testing.assert_array_equal(_timm_logits(back, x), _timm_logits(torch_model, x))
+  np.testing.assert_array_equal(parity.timm_logits(back, x), parity.timm_logits(torch_model, x))
   assert json.load(open(out / "config.json"))["num_classes"] == 7
 
 

@@ -210,11 +210,12 @@ def evaluate_checkpoint(path: str, config=None, *, arch: Optional[str] = None,
   is_real = c.dataset.split(":")[0].split("/")[0] == imagenet_real.REAL_DATASET
   if is_real:
     real_examples, local_examples, num_examples = imagenet_real.real_tfds_examples(c)
-    num_classes = 1000
+    num_classes, channels = 1000, 3
   else:
     ds_info = data.get_dataset_info(c)
     num_classes = int(ds_info.num_classes)
     num_examples = int(ds_info.num_eval_examples)
+    channels = int(ds_info.image_shape[-1])
   model_info = models.get_info(c.model)
   if int(c.eval_image_size) != model_info.test_image_size:
     log(f"note: evaluating at {c.eval_image_size}px; {c.model}'s test resolution is "
@@ -228,8 +229,8 @@ def evaluate_checkpoint(path: str, config=None, *, arch: Optional[str] = None,
     loaded = {"kind": model.kind, "step": model.step,
               "variants": [(label, m.params, m.state) for label, m in sources]}
   else:
-    loaded = pretrained.load_for_eval(path, c, num_classes, use_ema=use_ema, step=step,
-                                      trust=trust, expected_md5=expected_md5)
+    loaded = pretrained.load_for_eval(path, c, num_classes, channels=channels, use_ema=use_ema,
+                                      step=step, trust=trust, expected_md5=expected_md5)
   devices = parallel.local_devices(num_devices or c.get("num_devices", None))
   per_device = max(1, -(-int(c.eval_batch_size) // len(devices)))
   num_batches = -(-num_examples // (per_device * len(devices)))

@@ -148,7 +148,8 @@ class NFBlock(hk.Module):
                name: Optional[str] = None):
     super().__init__(name=name)
     self.spec = spec
-    ws = layers.weight_std_kwargs(weight_std)
+    # grouped_conv_impl reaches every conv: 'native' is the faithful path throughout.
+    ws = dict(layers.weight_std_kwargs(weight_std), grouped_conv_impl=grouped_conv_impl)
     self.alpha = alpha
     self.activation = layers.scaled_activation(activation)
     self.use_two_convs = use_two_convs
@@ -156,10 +157,10 @@ class NFBlock(hk.Module):
     # Creation order (= naming) as in the reference; init order is the call order below.
     self.conv0 = layers.WSConv2D(width, 1, name="conv0", **ws)
     self.conv1 = layers.WSConv2D(width, 3, stride=spec.stride, feature_group_count=groups,
-                                 grouped_conv_impl=grouped_conv_impl, name="conv1", **ws)
+                                 name="conv1", **ws)
     if use_two_convs:
       self.conv1b = layers.WSConv2D(width, 3, feature_group_count=groups,
-                                    grouped_conv_impl=grouped_conv_impl, name="conv1b", **ws)
+                                    name="conv1b", **ws)
     self.conv2 = layers.WSConv2D(spec.out_ch, 1, name="conv2", **ws)
     self.use_projection = spec.stride > 1 or spec.in_ch != spec.out_ch
     if self.use_projection:
@@ -207,7 +208,7 @@ class NFNet(hk.Module):
     self.betas = [s.beta for s in self.block_specs]
     self.stochdepth_rates = [s.stochdepth_rate for s in self.block_specs]
 
-    ws = layers.weight_std_kwargs(weight_std)
+    ws = dict(layers.weight_std_kwargs(weight_std), grouped_conv_impl=grouped_conv_impl)
     self.stem_convs = [
         layers.WSConv2D(16, 3, stride=2, name="stem_conv0", **ws),
         layers.WSConv2D(32, 3, stride=1, name="stem_conv1", **ws),

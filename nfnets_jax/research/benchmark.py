@@ -17,6 +17,7 @@ rounds (one step of A, one of B, ...), so background load hits both alike.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -54,6 +55,9 @@ class BenchConfig:
   num_classes: int = 1000
   model_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
   label: Optional[str] = None
+  # Eval only: fold the weight standardization into the kernels once per parameter set
+  # (layers.fold_weight_standardization) and run the model under layers.folded_weights().
+  fold_ws: bool = False
 
   def validate(self):
     if self.mode not in MODES:
@@ -78,6 +82,8 @@ class BenchConfig:
       parts.append("agc" if self.agc else "no_agc")
     if _accepts_impl(self.model):
       parts.append(f"conv={self.resolved_impl}")
+    if self.fold_ws and self.mode == "eval":
+      parts.append("folded")
     return " ".join(parts)
 
   @property
@@ -120,7 +126,7 @@ def machine_info() -> dict:
       python=platform.python_version(), jax=jax.__version__,
       jaxlib=getattr(jax.lib, "__version__", None) or _jaxlib_version(),
       haiku=haiku.__version__, optax=optax.__version__, numpy=np.__version__,
-      xla_flags=os.environ.get("XLA_FLAGS", ""))
+      xla_flags=os.environ.get("XLA_FLAGS", ""), load_average=list(os.getloadavg()))
 
 
 def _jaxlib_version() -> str:
@@ -246,13 +252,17 @@ def build_step(cfg: BenchConfig) -> Step:
 
   if cfg.mode == "eval":
     def eval_step(params, state, x):
-      logits = transformed.apply(
-          engine_steps.cast_floats(params, compute_dtype), state, None, x.astype(compute_dtype),
-          False)[0]["logits"]
+      with layers.folded_weights() if cfg.fold_ws else contextlib.nullcontext():
+        logits = transformed.apply(
+            engine_steps.cast_floats(params, compute_dtype), state, None,
+            x.astype(compute_dtype), False)[0]["logits"]
       return logits.astype(jnp.float32)
 
     def make_args():
       params, state = jax.jit(init_model)(rng0)
+      if cfg.fold_ws:  # Once per parameter set, not timed with the step.
+        params = layers.fold_weight_standardization(
+            transformed, params, state, jnp.zeros((1, 32, 32, 3), jnp.float32))
       return params, state, make_images_labels()[0]
 
     return Step(cfg, jax.jit(eval_step), (abstract_params, abstract_state, images), make_args,
@@ -671,3 +681,146 @@ def checkpoint_stall_benchmark(config, *, async_save: bool, saves: int = 3, wind
     run.ckpt.close()
     run.writer.close()
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------
+# timm side by side (torch is imported here, lazily, and nowhere else in the library).
+# ------------------------------------------------------------------------------------------
+TIMM_MODELS = {"nfnet_f0": "dm_nfnet_f0", "nfnet_f1": "dm_nfnet_f1", "nfnet_f2": "dm_nfnet_f2",
+               "nfnet_f3": "dm_nfnet_f3", "nfnet_f4": "dm_nfnet_f4", "nfnet_f5": "dm_nfnet_f5",
+               "nfnet_f6": "dm_nfnet_f6"}
+
+
+def timm_available() -> Optional[str]:
+  """None when torch + timm import, else the reason."""
+  try:
+    import timm  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except Exception as e:  # pylint: disable=broad-except
+    return f"{type(e).__name__}: {e}"
+  return None
+
+
+class TimmRunner:
+  """timm's ``dm_*`` model, same batch/size/classes as ``cfg``, with the Runner interface.
+
+  train: ``model.train()``, label-smoothed (0.1) cross-entropy on the same kind of labels,
+  backward, ``timm.utils.adaptive_clip_grad`` (clip 0.01, eps 1e-3) on every parameter but the
+  classifier, then ``torch.optim.SGD(momentum=0.9, nesterov=True, weight_decay=2e-5)``.
+  eval: ``model.eval()`` under ``torch.inference_mode()``. float32, NCHW, torch threads = cores.
+  """
+
+  def __init__(self, cfg: BenchConfig):
+    import timm  # pylint: disable=import-outside-toplevel
+    import timm.utils  # pylint: disable=import-outside-toplevel
+    import torch  # pylint: disable=import-outside-toplevel
+    if cfg.precision != "float32":
+      raise ValueError("the timm comparison runs float32 only.")
+    self.cfg = cfg
+    self.torch = torch
+    torch.set_num_threads(cpu_cores())
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    self.model = timm.create_model(TIMM_MODELS[cfg.model], pretrained=False,
+                                   num_classes=cfg.num_classes)
+    self.lower_s, self.compile_s = 0.0, 0.0
+    self.build_s = time.perf_counter() - t0
+    self.compiled_memory = None
+    g = torch.Generator().manual_seed(1)
+    self.x = torch.randn(cfg.batch, 3, cfg.image_size, cfg.image_size, generator=g)
+    self.y = torch.randint(0, cfg.num_classes, (cfg.batch,), generator=g)
+    if cfg.mode == "train":
+      self.model.train()
+      head = self.model.get_classifier()
+      head_ids = {id(head.weight)}
+      self.clip_params = [p for p in self.model.parameters() if id(p) not in head_ids]
+      self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, nesterov=True,
+                                 weight_decay=2e-5)
+      self.clip = timm.utils.adaptive_clip_grad
+    else:
+      self.model.eval()
+    self.times: List[float] = []
+    self.first_step_s = self._run()
+
+  def _step(self):
+    torch = self.torch
+    if self.cfg.mode == "eval":
+      with torch.inference_mode():
+        return self.model(self.x)
+    self.opt.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.cross_entropy(self.model(self.x), self.y, label_smoothing=0.1)
+    loss.backward()
+    self.clip(self.clip_params, clip_factor=0.01, eps=1e-3)
+    self.opt.step()
+    return loss
+
+  def _run(self) -> float:
+    t0 = time.perf_counter()
+    self._step()
+    return time.perf_counter() - t0
+
+  def warmup(self, n: int):
+    for _ in range(n):
+      self._run()
+
+  def timed(self):
+    self.times.append(self._run())
+
+  def result(self, peak_flops: Optional[float], flops_per_step: Optional[int]) -> dict:
+    cfg = self.cfg
+    name = f"timm {TIMM_MODELS[cfg.model]} {cfg.mode} b{cfg.batch} {cfg.image_size}px float32"
+    r = dict(name=name, implementation="timm", timm_model=TIMM_MODELS[cfg.model],
+             torch=self.torch.__version__, torch_threads=self.torch.get_num_threads(),
+             model=cfg.model, mode=cfg.mode, batch=cfg.batch, image_size=cfg.image_size,
+             precision="float32", optimizer="sgd_nesterov+timm_agc" if cfg.mode == "train"
+             else None, lower_s=None, compile_s=None, build_s=self.build_s,
+             first_step_s=self.first_step_s, compiled_memory=None)
+    if self.times:
+      med = statistics.median(self.times)
+      r.update(step_times_s=list(self.times), step_time_median_s=med,
+               step_time_min_s=min(self.times), images_per_s=cfg.batch / med)
+      if flops_per_step:
+        r["flops_per_step"] = int(flops_per_step)
+        r["achieved_flops_per_s"] = flops_per_step / med
+        if peak_flops:
+          r["fraction_of_peak"] = flops_per_step / med / peak_flops
+    return r
+
+
+def measure_with_timm(configs: Sequence[BenchConfig], steps: int = 5, warmup: int = 1,
+                      peak_flops: Optional[float] = None,
+                      log: Callable[[str], None] = print) -> List[dict]:
+  """Our ``configs`` and timm's same model (one per distinct model/mode/batch/size), all timed
+  in the same interleaved rounds. The timm results come last, in ``configs`` order."""
+  _warm_up_xla()
+  runners = []
+  for cfg in configs:
+    log(f"[compile] {cfg.name}")
+    runner = Runner(build_step(cfg))
+    log(f"  lower {runner.lower_s:.1f}s compile {runner.compile_s:.1f}s first step "
+        f"{runner.first_step_s:.2f}s")
+    runner.warmup(warmup)
+    runners.append(runner)
+  seen = set()
+  for cfg in configs:
+    key = (cfg.model, cfg.mode, cfg.batch, cfg.image_size, cfg.num_classes)
+    if key in seen:
+      continue
+    seen.add(key)
+    log(f"[timm] {TIMM_MODELS[cfg.model]} {cfg.mode}")
+    runner = TimmRunner(cfg)
+    log(f"  build {runner.build_s:.1f}s first step {runner.first_step_s:.2f}s")
+    runner.warmup(warmup)
+    runners.append(runner)
+  for i in range(steps):
+    for runner in runners:
+      runner.timed()
+    log(f"  round {i + 1}/{steps}: " + ", ".join(f"{r.times[-1]:.3f}s" for r in runners))
+  results = []
+  for runner in runners:
+    r = runner.result(peak_flops, step_flops(runner.cfg))
+    r.update(memory_report())
+    results.append(r)
+    if isinstance(runner, Runner):
+      runner.args = None
+  return results

@@ -151,24 +151,25 @@ def restricted_loads(data: bytes) -> Any:
 # ------------------------------------------------------------------------------------------
 # Expected trees and validation.
 # ------------------------------------------------------------------------------------------
-def expected_param_shapes(model_name: str, num_classes: int = 1000,
+def expected_param_shapes(model_name: str, num_classes: int = 1000, channels: int = 3,
                           **overrides) -> Dict[str, Dict[str, Tuple[int, ...]]]:
-  """{module: {name: shape}} of a registered model, from ``jax.eval_shape`` (no compute)."""
+  """{module: {name: shape}} of a registered model taking ``channels``-channel images, from
+  ``jax.eval_shape`` (no compute)."""
   try:
     key = tuple(sorted(overrides.items()))
     hash(key)
   except TypeError:  # Unhashable override (e.g. an initializer): no caching.
-    return _expected_param_shapes(model_name, num_classes, **overrides)
-  tree = _expected_cached(model_name, num_classes, key)
+    return _expected_param_shapes(model_name, num_classes, channels, **overrides)
+  tree = _expected_cached(model_name, num_classes, channels, key)
   return {m: dict(d) for m, d in tree.items()}
 
 
 @functools.lru_cache(maxsize=32)
-def _expected_cached(model_name, num_classes, key):
-  return _expected_param_shapes(model_name, num_classes, **dict(key))
+def _expected_cached(model_name, num_classes, channels, key):
+  return _expected_param_shapes(model_name, num_classes, channels, **dict(key))
 
 
-def _expected_param_shapes(model_name, num_classes, **overrides):
+def _expected_param_shapes(model_name, num_classes, channels=3, **overrides):
   import haiku as hk  # Deferred: keeps numpy-only uses of this module light.
   import jax
   import jax.numpy as jnp
@@ -182,7 +183,7 @@ def _expected_param_shapes(model_name, num_classes, **overrides):
     return models.create(model_name, num_classes, **overrides)(x, is_training=False)
 
   transformed = hk.transform_with_state(forward)
-  x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  x = jax.ShapeDtypeStruct((1, 64, 64, channels), jnp.float32)
   params, _ = jax.eval_shape(transformed.init, jax.random.PRNGKey(0), x)
   return {m: {n: tuple(a.shape) for n, a in d.items()} for m, d in params.items()}
 

@@ -120,3 +120,15 @@ def test_incompatible_sources_are_clear_errors(source_workdir, tmp_path):
   with pytest.raises(ConfigError, match="matches no parameter path"):
     _step0_state(_finetune_config(source_workdir, **{"optimizer.freeze": "^nothing$"}),
                  tmp_path / "f")
+
+
+def test_evaluate_a_workdir_without_config_reproduces_its_final_eval(source_workdir):
+  from nfnets_jax.engine import evaluation
+  import json
+  summary = json.load(open(pathlib.Path(source_workdir) / "summary.json"))
+  report = evaluation.evaluate_checkpoint(source_workdir, num_devices=1, log=lambda s: None)
+  assert report["kind"] == "workdir" and report["recipe"] == "source"
+  assert report["results"]["raw"]["top1"] == pytest.approx(summary["final"]["top1"], abs=1e-9)
+  assert report["results"]["raw"]["loss"] == pytest.approx(summary["final"]["loss"], rel=1e-6)
+  assert report["results"]["ema"]["top1"] == pytest.approx(summary["final_ema"]["top1"],
+                                                           abs=1e-9)

@@ -24,6 +24,8 @@ except Exception as e:  # noqa: BLE001  torchvision on a CPU torch fails with Ru
 
 from nfnets_jax import models  # noqa: E402
 from nfnets_jax.weights import timm as tw  # noqa: E402
+from nfnets_jax.weights.timm_parity import numpy_state, perturb_, timm_logits  # noqa: E402
+from nfnets_jax.weights.timm_parity import max_normalised_error as rel_err  # noqa: E402
 
 TOL = 1e-4
 torch.set_num_threads(2)
@@ -49,41 +51,10 @@ FAMILIES = {
 FAST = dict(grouped_conv_impl="native")  # Same params; compiles faster on CPU.
 
 
-def perturb_(model, seed=1):
-  """Gives every tensor a non-trivial value: gains ~ 1 +- 0.3, skip gains ~ 0.5, biases,
-  and weights with a non-zero mean (so the standardization's centring matters)."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      r = torch.randn(p.shape, generator=g)
-      if name.endswith("skipinit_gain"):
-        p.copy_(0.5 + 0.2 * r)
-      elif name.endswith(".gain"):
-        p.copy_(1.0 + 0.3 * r)
-      elif name.endswith("bias"):
-        p.copy_(0.1 * r)
-      else:
-        p.add_(p.std() * (0.3 * r + 0.1))
-  return model
-
-
-def numpy_state(model):
-  return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def timm_logits(model, x_nhwc):
-  with torch.no_grad():
-    return model(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))).numpy()
-
-
 def our_logits(model_name, kwargs, num_classes, params, x_nhwc):
   f = hk.transform(lambda x: models.create(model_name, num_classes, **kwargs)(
       x, is_training=False)["logits"])
   return np.asarray(jax.jit(f.apply)(params, None, jnp.asarray(x_nhwc)))
-
-
-def rel_err(a, b):
-  return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def images(size, n=2, seed=0):
