@@ -159,13 +159,10 @@ def source_config(model: pretrained.Pretrained, base_config=None, recipe: str = 
       c.eval_image_size = int(model.eval_image_size)
       c.eval_preproc = model.eval_preproc
       c.eval_crop_pct = float(model.crop_pct)
-      if model.kind != "workdir":
-        if (tuple(np.round(model.mean, 6)) != pretrained.IMAGENET_MEAN or
-            tuple(np.round(model.std, 6)) != pretrained.IMAGENET_STD):
-          raise EvaluationError(
-              f"{model.source} normalizes with mean {model.mean} / std {model.std}, which the "
-              "input pipeline has no preset for; evaluate with --recipe=config.")
-        c.normalization = "imagenet"
+      if model.kind != "workdir":  # a workdir's saved config already has its normalization
+        c.normalization = "custom"
+        c.normalization_mean = tuple(float(m) for m in model.mean)
+        c.normalization_std = tuple(float(v) for v in model.std)
   return c
 
 

@@ -85,3 +85,27 @@ def test_describe_override_error_names_the_flag(argv):
     getattr(config.optimizer if "optimizer" in argv[0] else config, "clipin")
   message = cli.describe_override_error(["train.py"] + argv, e.value)
   assert message.startswith(argv[0].split("=")[0] + ": the config has no field 'clipin'")
+
+
+def test_train_cli_leaves_no_thread_alive_at_exit(tmp_path):
+  """The cause of a hang at interpreter exit would be a non-daemon thread still running (input
+  pipeline, asynchronous checkpointing, TensorBoard writer): none may be left."""
+  code = (
+      "import runpy, sys, threading\n"
+      f"sys.argv = ['train.py', '--config=configs/synthetic.py:tiny', "
+      f"'--workdir={tmp_path / 'w'}', '--config.checkpoint_every_steps=1']\n"
+      "try:\n"
+      "  runpy.run_path('experiments/train.py', run_name='__main__')\n"
+      "except SystemExit as e:\n"
+      "  assert not e.code, e.code\n"
+      "alive = [t.name for t in threading.enumerate()\n"
+      "         if t is not threading.main_thread() and not t.daemon]\n"
+      "print('ALIVE', alive)\n")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                        env=env, timeout=240)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "final: top1=" in proc.stdout
+  assert "ALIVE []" in proc.stdout, proc.stdout[-2000:]
+  assert (tmp_path / "w" / "checkpoints" / "3").is_dir()

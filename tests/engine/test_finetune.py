@@ -132,3 +132,39 @@ def test_evaluate_a_workdir_without_config_reproduces_its_final_eval(source_work
   assert report["results"]["raw"]["loss"] == pytest.approx(summary["final"]["loss"], rel=1e-6)
   assert report["results"]["ema"]["top1"] == pytest.approx(summary["final_ema"]["top1"],
                                                            abs=1e-9)
+
+
+def test_finetune_on_a_folder_saves_class_names_that_predict_prints(source_workdir, tmp_path):
+  import json
+  import os
+  import subprocess
+  from PIL import Image
+  root = tmp_path / "images"
+  names = ["circle", "cross", "square"]
+  rng = np.random.RandomState(0)
+  for split, count in (("train", 6), ("test", 2)):
+    for k, name in enumerate(names):
+      (root / split / name).mkdir(parents=True)
+      for i in range(count):
+        image = (rng.rand(12, 10) * 60 + 80 * k).astype(np.uint8)
+        Image.fromarray(image).save(root / split / name / f"{i}.png")
+  c = _finetune_config(source_workdir, steps=2, dataset="folder", data_dir=str(root),
+                       eval_split="test", normalization="source", eval_preproc="source",
+                       batch_size=6, eval_batch_size=6)
+  workdir = tmp_path / "tuned"
+  summary = train.train_and_evaluate(c, str(workdir))
+  assert summary["final"]["count"] == 6
+  tuned = pretrained.load(str(workdir))
+  assert tuned.class_names == tuple(names) and tuned.num_classes == 3
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("XLA_FLAGS", None)
+  image = str(root / "test" / "cross" / "0.png")
+  proc = subprocess.run(
+      [sys.executable, str(pathlib.Path(__file__).resolve().parents[2] / "experiments" /
+                           "predict.py"), f"--checkpoint={workdir}", "--json", "--top_k=3",
+       image], capture_output=True, text=True, env=env, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  record = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert record["path"] == image
+  assert sorted(t["label"] for t in record["top_k"]) == names
+  assert sum(t["prob"] for t in record["top_k"]) == pytest.approx(1.0, abs=1e-5)
