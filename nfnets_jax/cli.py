@@ -8,6 +8,7 @@ and keeps its traceback. ``--show_traceback`` shows the traceback of expected er
 """
 from __future__ import annotations
 
+import ast
 import re
 import sys
 from typing import Callable, List
@@ -57,6 +58,21 @@ def describe_override_error(argv: List[str], error: BaseException) -> str:
     return (f"{culprit.split('=')[0]}: the config has no field {key!r}; see the fields in the "
             "config file (or --helpfull).")
   return f"a --config override could not be applied: {first}"
+
+
+def parse_model_kwargs(items) -> dict:
+  """``['width=0.5', 'depths=(1,1,1,1)']`` -> ``{'width': 0.5, 'depths': (1, 1, 1, 1)}``
+  (values read as Python literals, else kept as strings)."""
+  out = {}
+  for item in items or []:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise SystemExit(f"--model_kw expects key=value, got {item!r}.")
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
+  return out
 
 
 def parse_flags(argv: List[str]) -> List[str]:

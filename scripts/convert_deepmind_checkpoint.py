@@ -10,27 +10,15 @@ name and shape is validated against the model. The output loads with
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from nfnets_jax import cli  # noqa: E402
 from nfnets_jax.weights import deepmind  # noqa: E402
 
 
-def _parse_model_kw(items):
-  """['width=0.5', 'group_width=16'] -> {'width': 0.5, 'group_width': 16}."""
-  out = {}
-  for item in items or []:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-      raise SystemExit(f"--model_kw expects key=value, got {item!r}.")
-    try:
-      out[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      out[key] = value
-  return out
 
 
 def main(argv=None) -> int:
@@ -49,7 +37,7 @@ def main(argv=None) -> int:
                            "non-standard models, e.g. --model_kw width=0.5.")
   args = parser.parse_args(argv)
 
-  model_kw = _parse_model_kw(args.model_kw)
+  model_kw = cli.parse_model_kwargs(args.model_kw)
   md5 = deepmind.file_md5(args.input)
   try:
     params = deepmind.load_deepmind_checkpoint(

@@ -17,7 +17,6 @@ Every tensor is checked (names, shapes, class count); errors are one line.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import sys
@@ -25,22 +24,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from nfnets_jax.errors import CheckpointError  # noqa: E402
+from nfnets_jax import cli  # noqa: E402
 from nfnets_jax.weights import deepmind  # noqa: E402  (our plain .npz format)
 from nfnets_jax.weights import timm as timm_weights  # noqa: E402
 
 
-def _parse_model_kw(items):
-  """['depths=(1,1,1,1)'] -> {'depths': (1, 1, 1, 1)}."""
-  out = {}
-  for item in items or []:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-      raise SystemExit(f"--model_kw expects key=value, got {item!r}.")
-    try:
-      out[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      out[key] = value
-  return out
 
 
 def _jsonable(obj):
@@ -123,7 +111,7 @@ def main(argv=None) -> int:
                       help="Extra constructor argument key=value for non-standard shapes "
                            "(repeatable), e.g. --model_kw 'depths=(1,1,1,1)'.")
   args = parser.parse_args(argv)
-  model_kw = _parse_model_kw(args.model_kw)
+  model_kw = cli.parse_model_kwargs(args.model_kw)
   try:
     message = (ours_to_timm if args.to_timm else timm_to_ours)(args, model_kw)
   except (CheckpointError, OSError) as e:  # TimmWeightsError is a CheckpointError.

@@ -357,16 +357,24 @@ class Runner:
              model_kwargs=dict(cfg.model_kwargs),
              lower_s=self.lower_s, compile_s=self.compile_s, first_step_s=self.first_step_s,
              compiled_memory=self.compiled_memory)
-    if self.times:
-      med = statistics.median(self.times)
-      r.update(step_times_s=list(self.times), step_time_median_s=med,
-               step_time_min_s=min(self.times), images_per_s=cfg.batch / med)
-      if flops_per_step:
-        r["flops_per_step"] = int(flops_per_step)
-        r["achieved_flops_per_s"] = flops_per_step / med
-        if peak_flops:
-          r["fraction_of_peak"] = flops_per_step / med / peak_flops
+    r.update(timing_fields(self.times, cfg.batch, flops_per_step, peak_flops))
     return r
+
+
+def timing_fields(times: Sequence[float], batch: int, flops_per_step: Optional[int],
+                  peak_flops: Optional[float]) -> dict:
+  """Median/min step time, images/s and FLOP/s (and fraction of peak) of measured ``times``."""
+  if not times:
+    return {}
+  med = statistics.median(times)
+  r = dict(step_times_s=list(times), step_time_median_s=med, step_time_min_s=min(times),
+           images_per_s=batch / med)
+  if flops_per_step:
+    r["flops_per_step"] = int(flops_per_step)
+    r["achieved_flops_per_s"] = flops_per_step / med
+    if peak_flops:
+      r["fraction_of_peak"] = flops_per_step / med / peak_flops
+  return r
 
 
 def _warm_up_xla():
@@ -775,15 +783,7 @@ class TimmRunner:
              precision="float32", optimizer="sgd_nesterov+timm_agc" if cfg.mode == "train"
              else None, lower_s=None, compile_s=None, build_s=self.build_s,
              first_step_s=self.first_step_s, compiled_memory=None)
-    if self.times:
-      med = statistics.median(self.times)
-      r.update(step_times_s=list(self.times), step_time_median_s=med,
-               step_time_min_s=min(self.times), images_per_s=cfg.batch / med)
-      if flops_per_step:
-        r["flops_per_step"] = int(flops_per_step)
-        r["achieved_flops_per_s"] = flops_per_step / med
-        if peak_flops:
-          r["fraction_of_peak"] = flops_per_step / med / peak_flops
+    r.update(timing_fields(self.times, cfg.batch, flops_per_step, peak_flops))
     return r
 
 
