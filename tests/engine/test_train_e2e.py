@@ -27,6 +27,9 @@ def test_two_steps_on_mock_imagenet(tmp_path, capsys):
   config.num_train_steps = 2
   config.checkpoint_every_steps = 1
   config.augment.randaugment_layers = 2
+  # tfds.testing.mock_data swaps the whole file system for a fake one while as_dataset runs;
+  # an asynchronous checkpoint write in the background would land in it. Save synchronously.
+  config.async_checkpointing = False
   workdir = str(tmp_path / "run")
   with tfds.testing.mock_data(num_examples=12):
     summary = train.train_and_evaluate(config, workdir)
