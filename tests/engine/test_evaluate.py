@@ -18,7 +18,6 @@ from nfnets_jax.engine import checkpoint  # noqa: E402
 from nfnets_jax.weights import deepmind  # noqa: E402
 from nfnets_jax.engine import evaluation as ec  # noqa: E402
 from nfnets_jax.engine import imagenet_real  # noqa: E402
-from nfnets_jax import pretrained  # noqa: E402
 from nfnets_jax.errors import EvaluationError  # noqa: E402
 from nfnets_jax import models  # noqa: E402
 from nfnets_jax.data import synthetic as synthetic_data  # noqa: E402
