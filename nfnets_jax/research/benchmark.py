@@ -312,7 +312,18 @@ def step_flops(cfg: BenchConfig) -> int:
   return 3 * forward if cfg.mode == "train" else forward
 
 
-class Runner:
+class _Timed:
+  """Warm-up and timed calls of a subclass's ``_run() -> seconds``; times in ``self.times``."""
+
+  def warmup(self, n: int):
+    for _ in range(n):
+      self._run()
+
+  def timed(self):
+    self.times.append(self._run())
+
+
+class Runner(_Timed):
   """A compiled step with its live arguments; ``__call__`` runs and times one step."""
 
   def __init__(self, step: Step, compile_only: bool = False):
@@ -340,13 +351,6 @@ class Runner:
     dt = time.perf_counter() - t0
     self.args = self.step.carry(self.args, out)
     return dt
-
-  def warmup(self, n: int):
-    for _ in range(n):
-      self._run()
-
-  def timed(self):
-    self.times.append(self._run())
 
   def result(self, peak_flops: Optional[float], flops_per_step: Optional[int]) -> dict:
     cfg = self.cfg
@@ -709,7 +713,7 @@ def timm_available() -> Optional[str]:
   return None
 
 
-class TimmRunner:
+class TimmRunner(_Timed):
   """timm's ``dm_*`` model, same batch/size/classes as ``cfg``, with the Runner interface.
 
   train: ``model.train()``, label-smoothed (0.1) cross-entropy on the same kind of labels,
@@ -766,13 +770,6 @@ class TimmRunner:
     t0 = time.perf_counter()
     self._step()
     return time.perf_counter() - t0
-
-  def warmup(self, n: int):
-    for _ in range(n):
-      self._run()
-
-  def timed(self):
-    self.times.append(self._run())
 
   def result(self, peak_flops: Optional[float], flops_per_step: Optional[int]) -> dict:
     cfg = self.cfg
