@@ -38,6 +38,7 @@ def get_default() -> ml_collections.ConfigDict:
   c.batch_size = 4096                   # GLOBAL batch per optimizer step
   c.per_device_batch_size = ml_collections.config_dict.placeholder(int)  # None: batch/devices
   c.eval_batch_size = 1024              # global
+  c.eval_flip = False                   # True: average logits with the left-right mirror
   c.num_epochs = 360.0
   c.num_train_steps = ml_collections.config_dict.placeholder(int)  # overrides num_epochs
   c.label_smoothing = 0.1

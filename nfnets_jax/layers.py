@@ -366,12 +366,14 @@ def stochastic_depth(x: jax.Array, drop_rate: float, is_training: bool,
   """
   if not is_training or not drop_rate:
     return x
-  if rng is None:
-    rng = hk.next_rng_key()
+  return drop_examples(x, 1.0 - drop_rate, hk.next_rng_key() if rng is None else rng)
+
+
+def drop_examples(x: jax.Array, keep, rng: jax.Array) -> jax.Array:
+  """``x * floor(keep + U[0, 1))`` per example; ``keep`` may be traced (scanned blocks)."""
   shape = (x.shape[0],) + (1,) * (x.ndim - 1)
   r = jax.random.uniform(rng, shape, dtype=x.dtype)
-  mask = jnp.floor(1.0 - drop_rate + r)
-  return x * mask
+  return x * jnp.floor(keep + r)
 
 
 class StochDepth(hk.Module):

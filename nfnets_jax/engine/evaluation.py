@@ -237,7 +237,7 @@ def evaluate_checkpoint(path: str, config=None, *, arch: Optional[str] = None,
       f"preprocessing {c.get('eval_preproc', 'resize_crop_32')}, {len(devices)} device(s) x "
       f"{per_device} per device, {num_batches} batches.")
   forward = steps.make_forward(c, num_classes)
-  apply_fn = steps.make_eval_apply(forward)
+  apply_fn = steps.make_eval_apply(forward, flip=bool(c.get("eval_flip", False)))
   sum_fn = imagenet_real.make_real_sum_fn(apply_fn) if is_real else make_sum_fn(apply_fn)
   eval_step = parallel.make_eval_step(sum_fn, devices=devices)
   results = {}
@@ -281,6 +281,7 @@ def evaluate_checkpoint(path: str, config=None, *, arch: Optional[str] = None,
       "split": c.eval_split,
       "image_size": int(c.eval_image_size),
       "eval_preproc": c.get("eval_preproc", None),
+      "eval_flip": bool(c.get("eval_flip", False)),
       "num_devices": len(devices),
       "per_device_batch": per_device,
       "count": num_examples,

@@ -132,12 +132,20 @@ def make_update_fn(tx, config):
   return update_fn
 
 
-def make_eval_apply(forward):
-  """float32 inference logits: ``(params, model_state, images) -> logits``."""
+def make_eval_apply(forward, flip: bool = False):
+  """float32 inference logits: ``(params, model_state, images) -> logits``.
+
+  ``flip=True`` (``config.eval_flip``, off by default) averages the logits of each image and
+  its left-right mirror: test-time augmentation for datasets trained with flips.
+  """
 
   def apply(params, model_state, images):
     params = cast_floats(params, jnp.float32)
-    out, _ = forward.apply(params, model_state, None, images.astype(jnp.float32), False)
-    return out["logits"]
+    images = images.astype(jnp.float32)
+    out, _ = forward.apply(params, model_state, None, images, False)
+    if not flip:
+      return out["logits"]
+    mirrored, _ = forward.apply(params, model_state, None, images[:, :, ::-1], False)
+    return (out["logits"] + mirrored["logits"]) / 2
 
   return apply

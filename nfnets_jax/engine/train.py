@@ -127,8 +127,8 @@ def build_run(config, workdir: str, setup: validation.Setup) -> Run:
   train_step = parallel.make_train_step(
       steps.make_grad_fn(forward, config), steps.make_update_fn(tx, config),
       accumulation_steps=setup.accumulation_steps, devices=pmap_devices)
-  eval_step = parallel.make_eval_step(
-      evaluation.make_sum_fn(steps.make_eval_apply(forward)), devices=pmap_devices)
+  eval_apply = steps.make_eval_apply(forward, flip=bool(config.get("eval_flip", False)))
+  eval_step = parallel.make_eval_step(evaluation.make_sum_fn(eval_apply), devices=pmap_devices)
   console = reporting.Console(setup.total_steps, int(config.batch_size), enabled=is_main)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  keep=int(config.keep_checkpoints),

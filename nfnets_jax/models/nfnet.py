@@ -15,6 +15,7 @@ Signal metrics (``model(x, is_training, return_metrics=True)``), computed in flo
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Dict, List, Optional
 
 import haiku as hk
@@ -136,6 +137,13 @@ def block_config(variant: str = "F0", width: float = 1.0, alpha: float = 0.2,
   return specs
 
 
+def identical_runs(specs: List[BlockSpec]) -> List[List[int]]:
+  """Consecutive block indices grouped by shape (a stage's first block stands alone)."""
+  def shape(spec):
+    return (spec.stage, spec.in_ch, spec.out_ch, spec.stride, spec.bottleneck_ch, spec.groups)
+  return [[spec.index for spec in group] for _, group in itertools.groupby(specs, key=shape)]
+
+
 class NFBlock(hk.Module):
   """Pre-activation NFNet bottleneck block with two grouped 3x3 convs and SE.
 
@@ -167,8 +175,10 @@ class NFBlock(hk.Module):
       self.conv_shortcut = layers.WSConv2D(spec.out_ch, 1, name="conv_shortcut", **ws)
     self.se = layers.SqueezeExcite(spec.out_ch, spec.out_ch, se_ratio=se_ratio)
 
-  def __call__(self, x: jax.Array, is_training: bool):
-    out = self.activation(x) * self.spec.beta
+  def __call__(self, x: jax.Array, is_training: bool, beta=None, keep=None, rng=None):
+    # beta/keep/rng override the spec's constants when one block's code runs a whole stage
+    # in a scan (NFNet(scan_blocks=True)); keep = 1 - stochdepth_rate, rounded in float64.
+    out = self.activation(x) * (self.spec.beta if beta is None else beta)
     shortcut = layers.nf_shortcut(
         x, out, self.spec.stride, self.conv_shortcut if self.use_projection else None)
     out = self.conv0(out)
@@ -178,7 +188,10 @@ class NFBlock(hk.Module):
     out = self.conv2(self.activation(out))
     out = (self.se(out) * 2) * out
     res_var = jnp.mean(jnp.var(out.astype(jnp.float32), axis=(0, 1, 2)))
-    out = layers.stochastic_depth(out, self.spec.stochdepth_rate, is_training)
+    if keep is None:
+      out = layers.stochastic_depth(out, self.spec.stochdepth_rate, is_training)
+    elif is_training:
+      out = layers.drop_examples(out, keep, rng)
     skip_gain = hk.get_parameter("skip_gain", (), out.dtype, init=jnp.zeros)
     out = out * skip_gain
     return out * self.alpha + shortcut, res_var
@@ -193,9 +206,14 @@ class NFNet(hk.Module):
                fc_init=None, final_conv_mult: float = 2, final_conv_ch: Optional[int] = None,
                use_two_convs: bool = True, group_width: Optional[int] = None,
                grouped_conv_impl: str = "auto", weight_std: str = "deepmind",
-               name: Optional[str] = "NFNet"):
+               scan_blocks: bool = False, name: Optional[str] = "NFNet"):
     # weight_std="timm" with activation="gelu_exact" is timm's dm_nfnet_* (weights/timm.py).
+    # scan_blocks=True runs each stage's identically shaped blocks (all but the first) as one
+    # lax.scan over their stacked parameters: the same parameters, names and numbers, but XLA
+    # compiles one block per stage instead of every block (F7's first step: see
+    # docs/benchmarks.md). Initialisation and return_metrics=True always run block by block.
     super().__init__(name=name)
+    self.scan_blocks = scan_blocks
     self.num_classes = num_classes
     self.variant = canonical_variant(variant)
     cfg = NFNET_VARIANTS[self.variant]
@@ -239,11 +257,18 @@ class NFNet(hk.Module):
       out = conv(out)
     if return_metrics:
       outputs.update(layers.signal_metrics(out.astype(jnp.float32), "stem"))
-    for i, block in enumerate(self.blocks):
-      out, res_var = block(out, is_training)
-      if return_metrics:
-        outputs.update(layers.signal_metrics(out.astype(jnp.float32), f"block_{i}"))
-        outputs[f"block_{i}_res_var"] = res_var
+    if self.scan_blocks and not return_metrics and not hk.running_init():
+      for run in identical_runs(self.block_specs):
+        if len(run) == 1:
+          out, _ = self.blocks[run[0]](out, is_training)
+        else:
+          out = self._scan_run(run, out, is_training)
+    else:
+      for i, block in enumerate(self.blocks):
+        out, res_var = block(out, is_training)
+        if return_metrics:
+          outputs.update(layers.signal_metrics(out.astype(jnp.float32), f"block_{i}"))
+          outputs[f"block_{i}_res_var"] = res_var
     out = self.activation(self.final_conv(out))
     pool = jnp.mean(out, axis=(1, 2))
     outputs["pool"] = pool
@@ -251,6 +276,36 @@ class NFNet(hk.Module):
       pool = hk.dropout(hk.next_rng_key(), self.drop_rate, pool)
     outputs["logits"] = self.fc(pool)
     return outputs
+
+  def _scan_run(self, run: List[int], x: jax.Array, is_training: bool) -> jax.Array:
+    """Blocks ``run`` (identical shapes) as one scan of the first one's code."""
+    template = self.blocks[run[0]]
+    params = hk.get_params()
+    def block_params(block):
+      name = block.module_name
+      return {key[len(name):]: params[key] for key in params
+              if key == name or key.startswith(name + "/")}
+    stacked = jax.tree_util.tree_map(lambda *p: jnp.stack(p),
+                                     *[block_params(self.blocks[i]) for i in run])
+    specs = [self.block_specs[i] for i in run]
+    xs = {"params": stacked, "beta": jnp.asarray([s.beta for s in specs], x.dtype)}
+    if is_training and any(s.stochdepth_rate for s in specs):
+      # Keys drawn in block order, as the unrolled blocks draw them.
+      xs["keep"] = jnp.asarray([1.0 - s.stochdepth_rate for s in specs], x.dtype)
+      xs["rng"] = jnp.stack([hk.next_rng_key() for _ in specs])
+
+    def body(h, x_i):
+      def getter(next_getter, value, context):
+        del value
+        key = context.module_name[len(template.module_name):]
+        return next_getter(x_i["params"][key][context.name])
+      with hk.custom_getter(getter):
+        h, _ = template(h, is_training, beta=x_i["beta"], keep=x_i.get("keep"),
+                        rng=x_i.get("rng"))
+      return h, None
+
+    out, _ = hk.scan(body, x, xs)
+    return out
 
 
 def _register_all():

@@ -19,6 +19,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from configs import synthetic  # noqa: E402
 from nfnets_jax.engine import checkpoint
 from nfnets_jax.engine import evaluation
+from nfnets_jax.engine import steps
 from nfnets_jax.data import synthetic as synthetic_data
 from nfnets_jax.engine import train
 
@@ -180,6 +181,20 @@ def test_eval_sums_are_exact_once_with_masks():
   lse = np.log(np.exp(logits[:3].astype(np.float64)).sum(-1))
   expected = np.sum(lse - logits[np.arange(3), labels[:3]])
   np.testing.assert_allclose(float(sums["loss"]), expected, rtol=1e-6)
+
+
+def test_eval_flip_averages_the_logits_of_the_left_right_mirror():
+  class FirstRow:  # a "model" whose logits are the first image row: not mirror-symmetric
+    def apply(self, params, state, rng, images, is_training):
+      del params, rng, is_training
+      return {"logits": images[:, 0, :, 0]}, state
+
+  images = np.arange(2 * 3 * 4 * 1, dtype=np.float32).reshape(2, 3, 4, 1) ** 2
+  plain = steps.make_eval_apply(FirstRow())({}, {}, images)
+  flipped = steps.make_eval_apply(FirstRow(), flip=True)({}, {}, images)
+  np.testing.assert_array_equal(plain, images[:, 0, :, 0])
+  np.testing.assert_array_equal(flipped, (images[:, 0, :, 0] + images[:, 0, ::-1, 0]) / 2)
+  assert synthetic.get_config("tiny").eval_flip is False  # off unless a config asks
 
 
 def test_synthetic_global_batch_does_not_depend_on_layout():
