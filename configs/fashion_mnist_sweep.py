@@ -29,6 +29,7 @@ def get_config(arg=None):
       widths=(32, 64, 128), depths=(1, 1, 1), strides=(2, 2, 2), stem_width=24,
       activation="relu", drop_rate=0.0, stochdepth_rate=0.0))
   c.label_smoothing = 0.1
+  c.eval_flip = False
   c.compute_dtype = "float32"
   c.optimizer.name = "sgd_agc"
   c.optimizer.base_lr = 0.4
