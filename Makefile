@@ -24,20 +24,36 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 # The optional test extra: CPU torch + timm, for the tests against real timm (skipped with a
-# reason when it cannot be installed, e.g. offline).
+# reason when it cannot be installed, e.g. offline). The stamp exists only after a successful
+# install; without it `make test` / `make test-all` print a warning banner on stderr
+# (before and after pytest; the exit status stays pytest's).
 timm-extra: $(TIMM_STAMP)
 
 $(TIMM_STAMP): $(STAMP) scripts/install_timm_extra.sh
 	bash scripts/install_timm_extra.sh $(PY) && touch $(TIMM_STAMP) || \
-	  echo "timm extra not installed: the timm interop tests will be skipped."
+	  echo "timm extra not installed: the timm interop tests will be skipped." >&2
+
+# Shell code: a banner on stderr when the timm extra is missing (never fails); $(1) is the verb.
+timm_missing_banner = if [ ! -f $(TIMM_STAMP) ]; then printf '%s\n' '' \
+  '********************************************************************************' \
+  '* WARNING: the optional timm test extra (CPU torch + timm) is NOT installed:' \
+  '* the timm interop tests $(1) SKIPPED, so nothing is checked against real timm' \
+  '* (pytest lists every skip with its reason). Why: see the output of' \
+  '* scripts/install_timm_extra.sh at the start of this run. Retry: make timm-extra' \
+  '********************************************************************************' \
+  '' >&2; fi
 
 # Fast suite (slow tests excluded); 8 simulated CPU devices are set up in tests/conftest.py.
 test: $(STAMP) $(TIMM_STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
+	@$(call timm_missing_banner,will be)
+	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS); status=$$?; \
+	  $(call timm_missing_banner,were); exit $$status
 
 # Everything, including the tests marked slow.
 test-all: $(STAMP) $(TIMM_STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "" $(PYTEST_ARGS)
+	@$(call timm_missing_banner,will be)
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "" $(PYTEST_ARGS); status=$$?; \
+	  $(call timm_missing_banner,were); exit $$status
 
 # Builds the Fashion-MNIST TFDS dataset offline from Debian's dataset-fashion-mnist files.
 data: $(STAMP)

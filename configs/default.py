@@ -5,6 +5,8 @@ override fields. Field meanings are documented inline.
 """
 import ml_collections
 
+from nfnets_jax import optim
+
 
 def get_default() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -43,20 +45,11 @@ def get_default() -> ml_collections.ConfigDict:
   c.num_train_steps = ml_collections.config_dict.placeholder(int)  # overrides num_epochs
   c.label_smoothing = 0.1
   c.compute_dtype = "bfloat16"          # params/grads/optimizer state stay float32
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="sgd_agc",                   # 'sgd_agc' | 'sgd' | 'sgd_global_clip' | 'adamw'
-      base_lr=0.1,
-      # lr = base_lr * batch_size / lr_scale_batch (None: no scaling)
-      lr_scale_batch=ml_collections.config_dict.placeholder(int),
-      warmup_epochs=5.0, schedule="cosine", end_lr=0.0,
-      momentum=0.9, nesterov=True, weight_decay=2e-5,
-      clipping=0.01, agc_eps=1e-3, agc_exclude="reference",
-      global_clip_norm=1.0,
-      adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8,
-      skip_nonfinite=False,
-      freeze="",                        # regex of parameter paths not to train
-      body_lr_mult=1.0))                # lr multiplier outside the classifier
-  c.optimizer.lr_scale_batch = 256
+  # The recipe's optimizer, defined once in nfnets_jax.optim.default_optimizer_config (AGC ->
+  # weight decay -> Nesterov SGD). name: 'sgd_agc' | 'sgd' | 'sgd_global_clip' | 'adamw';
+  # lr = base_lr * batch_size / lr_scale_batch (None: no scaling); freeze: regex of parameter
+  # paths not to train; body_lr_mult: lr multiplier outside the classifier.
+  c.optimizer = optim.default_optimizer_config()
   c.ema_decay = ml_collections.config_dict.placeholder(float)
   c.ema_decay = 0.99999                 # None disables the parameter EMA
   c.nonfinite = "stop"                  # 'stop' | 'skip' on a non-finite loss

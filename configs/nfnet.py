@@ -7,7 +7,8 @@ devices), 360 epochs, lr 0.1 * B / 256 with 5 warm-up epochs then cosine to 0, S
 weight decay 2e-5, AGC 0.01 (classifier weight excluded), label smoothing 0.1, EMA 0.99999,
 stochastic depth 0.25, per-variant dropout, image sizes and RandAugment, MixUp + CutMix,
 bfloat16 compute. Expected ImageNet top-1 (paper): F0 83.6, F1 84.7, F2 85.1, F3 85.7,
-F4 85.9, F5 86.0, F6 86.5 (with SAM, not implemented here).
+F4 85.9, F5 86.0, F6 86.5 (with SAM, not implemented here). Image sizes, RandAugment and
+dropout per variant come from the model registry's record (``models.get_info('nfnet_f0')``).
 
 Deep variants compile their first step faster with ``--config.model_kwargs.scan_blocks=True``.
 ``configs/nfnet.py:F0,local``: a 10-step smoke run at 64 px, batch 16, float32 (runs on a CPU).
@@ -18,17 +19,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# variant: (train px, test px, RandAugment layers, RandAugment magnitude, dropout)
-VARIANTS = {
-    "F0": (192, 256, 4, 5, 0.2),
-    "F1": (224, 320, 4, 10, 0.3),
-    "F2": (256, 352, 4, 10, 0.4),
-    "F3": (320, 416, 4, 15, 0.4),
-    "F4": (384, 512, 4, 15, 0.5),
-    "F5": (416, 544, 4, 15, 0.5),
-    "F6": (448, 576, 4, 15, 0.5),
-    "F7": (480, 608, 4, 15, 0.5),
-}
+from nfnets_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from nfnets_jax.models import nfnet  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def get_config(arg=None):
@@ -36,21 +28,22 @@ def get_config(arg=None):
   variant = variant.upper()
   plus = variant.endswith("+")
   base = variant.rstrip("+")
-  if base not in VARIANTS:
+  if variant not in nfnet.NFNET_VARIANTS:
     raise ValueError(f"Unknown NFNet variant {variant!r}; use one of "
-                     f"{sorted(VARIANTS)} or the same with '+' (e.g. 'F0+').")
-  train_px, test_px, ra_layers, ra_mag, dropout = VARIANTS[base]
+                     f"{sorted(v for v in nfnet.NFNET_VARIANTS if not v.endswith('+'))} or the "
+                     "same with '+' (e.g. 'F0+').")
+  info = models.get_info(f"nfnet_{base.lower()}" + ("_plus" if plus else ""))
   c = default.get_default()
-  c.model = f"nfnet_{base.lower()}" + ("_plus" if plus else "")
+  c.model = info.name
   c.model_kwargs = default.ml_collections.ConfigDict(dict(
-      stochdepth_rate=0.25, drop_rate=dropout,
+      stochdepth_rate=0.25, drop_rate=info.drop_rate,
       # True: each stage's repeated blocks run as one lax.scan (same parameters and numbers);
       # F7's first train step compiles ~4x faster, F0's slower (docs/benchmarks.md).
       scan_blocks=False))
-  c.train_image_size = train_px
-  c.eval_image_size = test_px
-  c.augment.randaugment_layers = ra_layers
-  c.augment.randaugment_magnitude = ra_mag
+  c.train_image_size = info.train_image_size
+  c.eval_image_size = info.test_image_size
+  c.augment.randaugment_layers = info.randaugment_layers
+  c.augment.randaugment_magnitude = info.randaugment_magnitude
   if "local" in flags:
     default.apply_local(c)
   return c

@@ -65,7 +65,7 @@ def main(argv):
   engine.evaluate_checkpoint(
       FLAGS.checkpoint, config, arch=FLAGS.arch, recipe=FLAGS.recipe, dataset=FLAGS.dataset, split=FLAGS.split,
       image_size=FLAGS.image_size, batch_size=FLAGS.batch_size, data_dir=FLAGS.data_dir,
-      use_ema=FLAGS.use_ema, step=FLAGS.step, trust=FLAGS.trust_checkpoint,
+      params={None: "all", True: "ema", False: "raw"}[FLAGS.use_ema], step=FLAGS.step, trust=FLAGS.trust_checkpoint,
       expected_md5=FLAGS.checkpoint_md5, output=FLAGS.output)
 
 

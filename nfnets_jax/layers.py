@@ -100,7 +100,8 @@ nonlinearities = {name: scaled_activation(name) for name in _RAW_ACTIVATIONS}
 GROUPED_CONV_IMPLS = ("auto", "native", "split")
 
 
-def _resolve_grouped_impl(impl: str) -> str:
+def resolve_grouped_impl(impl: str) -> str:
+  """The implementation ``impl`` runs as on this backend ('auto' -> 'native' or 'split')."""
   if impl not in GROUPED_CONV_IMPLS:
     raise ValueError(
         f"Unknown grouped_conv_impl {impl!r}; choose one of {GROUPED_CONV_IMPLS}.")
@@ -128,7 +129,7 @@ def conv2d(x, w, stride, padding, groups: int, impl: str = "auto"):
   """
   dn = ("NHWC", "HWIO", "NHWC")
   strides = tuple(stride) if isinstance(stride, (tuple, list)) else (stride, stride)
-  impl = _resolve_grouped_impl(impl)
+  impl = resolve_grouped_impl(impl)
   if impl == "split" and _is_pointwise(w, strides, padding) and groups == 1:
     # A 1x1 stride-1 conv is a matmul over (batch * height * width, channels). XLA:CPU runs
     # its gradients ~2x faster as dots (the weight gradient of the conv form transposes both
@@ -317,7 +318,7 @@ class WSConv2D(hk.Module):
     mode = _fold_mode()
     if mode == "consume":
       weight = w  # Already standardized by fold_weight_standardization.
-    elif FAST_WS_BACKWARD and _resolve_grouped_impl(self.grouped_conv_impl) == "split":
+    elif FAST_WS_BACKWARD and resolve_grouped_impl(self.grouped_conv_impl) == "split":
       weight = standardize_weight_fast(w, gain, self.eps, self.eps_mode)
     else:
       weight = standardize_weight(w, gain, self.eps, self.eps_mode)

@@ -38,7 +38,7 @@ def predict_files(source: str, paths: Sequence[str], *, arch: Optional[str] = No
                   model: Optional[pretrained.Pretrained] = None) -> List[str]:
   """Prints the top-k classes of every image in ``paths``; returns the paths that failed."""
   k = top_k
-  model = model or pretrained.load(source, arch, ema=ema, trust=trust)
+  model = model or pretrained.load(source, arch, params=pretrained.params_choice(ema), trust=trust)
   print(f"{model.name} ({model.kind}, {model.num_classes} classes) at {model.eval_image_size}px"
         f" with {model.eval_preproc}", file=err, flush=True)
   failed: List[str] = []

@@ -26,6 +26,7 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from nfnets_jax import models  # noqa: E402  pylint: disable=wrong-import-position
 from nfnets_jax.research import benchmark  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -57,7 +58,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                  help="--mode=checkpoint: demo (configs/fashion_mnist.py, batch 128) and/or "
                  "f0 (configs/nfnet.py:F0 at --batch), on synthetic data.")
   p.add_argument("--ckpt_saves", type=int, default=3, help="--mode=checkpoint: saves timed.")
-  p.add_argument("--precision", default="float32", choices=tuple(benchmark.PRECISIONS))
+  p.add_argument("--precision", default="float32", choices=tuple(benchmark.PRECISIONS),
+                 help="Compute dtype of the train step; eval runs in float32, as the engine's "
+                 "evaluation (steps.make_eval_apply).")
   p.add_argument("--no_agc", action="store_true", help="Plain SGD ('sgd') instead of 'sgd_agc'.")
   p.add_argument("--grouped_conv_impl", default="auto", choices=("auto", "native", "split"))
   p.add_argument("--num_classes", type=int, default=1000)
@@ -104,14 +107,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def _image_size(model: str, mode: str, requested: int) -> int:
   if requested:
     return requested
-  from nfnets_jax import models  # pylint: disable=import-outside-toplevel
   info = models.get_info(model)
   return info.train_image_size if mode == "train" else info.test_image_size
 
 
+def _precision(mode: str, requested: str) -> str:
+  """Eval runs in float32, as the engine's evaluation does."""
+  return requested if mode == "train" else "float32"
+
+
 def build_configs(args) -> List[benchmark.BenchConfig]:
-  base = dict(precision=args.precision, num_classes=args.num_classes,
-              model_kwargs=dict(args.model_kw))
+  base = dict(num_classes=args.num_classes, model_kwargs=dict(args.model_kw))
   if args.sweep:
     cfgs = []
     for model in args.sweep_models or [args.model]:
@@ -121,10 +127,11 @@ def build_configs(args) -> List[benchmark.BenchConfig]:
             cfgs.append(benchmark.BenchConfig(
                 model=model, mode=mode, batch=int(batch), agc=not args.no_agc,
                 image_size=_image_size(model, mode, args.image_size),
-                grouped_conv_impl=impl, **base))
+                precision=_precision(mode, args.precision), grouped_conv_impl=impl, **base))
     return cfgs
   one = dict(model=args.model, mode=args.mode, batch=args.batch,
-             image_size=_image_size(args.model, args.mode, args.image_size), **base)
+             image_size=_image_size(args.model, args.mode, args.image_size),
+             precision=_precision(args.mode, args.precision), **base)
   if args.compare == "impl":
     return [benchmark.BenchConfig(grouped_conv_impl="native", agc=not args.no_agc, **one),
             benchmark.BenchConfig(grouped_conv_impl="split", agc=not args.no_agc, **one)]

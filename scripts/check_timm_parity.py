@@ -20,7 +20,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import haiku as hk  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -47,9 +46,9 @@ def measure(timm_name: str, image_size: int, batch: int, num_classes: int, timm,
       state, timm_name, model_overrides=dict(grouped_conv_impl="native"))
   n_params = int(sum(v.size for v in state.values()))
   del state
-  fwd = hk.transform(lambda im: models.create(name, num_classes, **kwargs)(
-      im, is_training=False)["logits"])
-  ours = np.asarray(jax.jit(fwd.apply)(params, None, jnp.asarray(x)))
+  fwd = models.transform(name, num_classes, **kwargs)
+  ours = np.asarray(jax.jit(lambda p, im: fwd.apply(p, {}, None, im, False)[0]["logits"])(
+      params, jnp.asarray(x)))
   t2 = time.time()
   err = parity.max_normalised_error(ours, ref)
   return dict(timm_name=timm_name, model_name=name,

@@ -4,8 +4,8 @@
 
 The input's MD5 is checked against the released files before it is unpickled (with a
 restricted loader); a file with another MD5 needs ``--trust`` or ``--md5``. Every parameter
-name and shape is validated against the model. The output loads with
-``nfnets_jax.weights.deepmind.load_params(path, model_name='nfnet_f0')`` and contains no pickle.
+name and shape is validated against the model. The output contains no pickle and loads with
+``nfnets_jax.pretrained.load(path)`` (architecture, eval recipe and class names recorded).
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from nfnets_jax import cli  # noqa: E402
+from nfnets_jax import pretrained  # noqa: E402
+from nfnets_jax.errors import CheckpointError  # noqa: E402
 from nfnets_jax.weights import deepmind  # noqa: E402
 
 
@@ -38,26 +40,23 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   model_kw = cli.parse_model_kwargs(args.model_kw)
-  md5 = deepmind.file_md5(args.input)
   try:
-    params = deepmind.load_deepmind_checkpoint(
-        args.input, args.variant, expected_md5=args.md5, trust=args.trust,
-        num_classes=args.num_classes, **model_kw)
-  except deepmind.CheckpointError as e:
+    md5 = deepmind.file_md5(args.input)
+    model = pretrained.load(
+        args.input, deepmind.registry_name(args.variant) if args.variant else None,
+        trust=args.trust, expected_md5=args.md5, num_classes=args.num_classes,
+        model_kwargs=model_kw)
+    if model.kind != "deepmind":
+      raise CheckpointError(f"{args.input} is not a DeepMind pickle (it is a {model.kind} "
+                            "source); it needs no conversion: pretrained.load reads it.")
+    pretrained.save_npz(model, args.output, source=os.path.basename(args.input),
+                        source_md5=md5)
+  except (CheckpointError, OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  variant = args.variant or deepmind._VARIANT_BY_MD5.get(md5) or \
-      deepmind._infer_variant(params, next(iter(params)).split("/")[0])
-  model_name = deepmind._model_name(variant)
-  num_classes = int(params["NFNet/~/linear"]["b"].shape[0]) if "NFNet/~/linear" in params \
-      else args.num_classes
-  deepmind.save_params_npz(params, args.output, metadata=dict(
-      model_name=model_name, num_classes=num_classes, model_overrides=model_kw,
-      source=os.path.basename(args.input), source_md5=md5))
-  n = sum(v.size for d in params.values() for v in d.values())
-  print(f"wrote {args.output}: {model_name}, {n:,} parameters, source md5 {md5}")
+  n = sum(v.size for d in model.params.values() for v in d.values())
+  print(f"wrote {args.output}: {model.name}, {n:,} parameters, source md5 {md5}")
   return 0
-
 
 if __name__ == "__main__":
   sys.exit(main())

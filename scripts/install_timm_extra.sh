@@ -10,8 +10,9 @@
 #      for the CUDA torch, and on the CPU torch registering fake kernels for its C operators
 #      fails ("operator torchvision::nms does not exist"), which breaks `import timm`.
 #      NFNets use none of those operators.
-# The library never needs torch; only tests/weights/test_timm.py and scripts/check_timm_parity.py
-# use timm, and they skip / fail clearly when it is missing.
+# The library never needs torch; only the timm interop tests (tests/weights/test_timm.py,
+# tests/test_pretrained.py, ...) and scripts/check_timm_parity.py use timm: the tests are skipped
+# with the reason (pytest -rs, see pytest.ini; `make test` prints a banner), the script fails.
 set -euo pipefail
 
 PY="${1:-}"

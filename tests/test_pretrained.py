@@ -160,3 +160,40 @@ def test_predict_top_classes_and_text_format():
   assert top == [{"label": "dog", "index": 1, "prob": 0.5}, {"label": "eel", "index": 2,
                                                               "prob": 0.3}]
   assert predict.format_text("a.png", top).splitlines()[1].split() == ["50.00%", "dog", "(1)"]
+
+
+def test_bad_sources_get_one_line_saying_what_to_do(tmp_path, capsys):
+  """A folder without weights, a text file given as weights: what is wrong, what to pass."""
+  import ml_collections
+  from nfnets_jax.engine import finetune
+  from nfnets_jax.errors import ConfigError
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  (empty / "notes.txt").write_text("hello")
+  with pytest.raises(CheckpointError) as info:
+    pretrained.load(str(empty))
+  message = str(info.value)
+  assert "holds no weights" in message and "notes.txt" in message and "--config" not in message
+  config = ml_collections.ConfigDict(dict(init_from=str(empty), model=""))
+  with pytest.raises(ConfigError, match=r"config.init_from=.*holds no weights.*training workdir"):
+    finetune.resolve_config(config)
+  sys.path.insert(0, str(ROOT / "scripts"))
+  import convert_timm_checkpoint  # pylint: disable=import-outside-toplevel
+  text = tmp_path / "weights.txt"
+  text.write_text("not weights\n")
+  assert convert_timm_checkpoint.main(["--input", str(text), "--output", str(tmp_path / "o.npz"),
+                                       "--timm_name", "test_nfnet"]) == 1
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "is not a torch checkpoint" in err and "pickle" in err
+  assert "a torch pickle" not in err
+
+
+def test_load_params_choice_is_explicit(tmp_path):
+  with pytest.raises(CheckpointError, match="params='both'"):
+    pretrained.load(str(ROOT / "tests" / "fixtures" / "legacy_timm_test_nfnet_small.npz"),
+                    params="both")
+  with pytest.raises(CheckpointError, match="EMA parameters exist only in our training"):
+    pretrained.load(str(ROOT / "tests" / "fixtures" / "legacy_timm_test_nfnet_small.npz"),
+                    params="ema")
+  assert pretrained.params_choice(None) == "ema_if_any"
+  assert pretrained.params_choice(True) == "ema" and pretrained.params_choice(False) == "raw"

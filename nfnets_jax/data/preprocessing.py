@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
 
+import math
+
 import tensorflow as tf
+
+from nfnets_jax.constants import IMAGENET_MEAN, IMAGENET_STD
 
 # Mean and std of the pixel values in [0, 255], per channel, computed on each train set.
 # Fashion-MNIST: computed from Debian's train-images-idx3-ubyte (60,000 x 28 x 28).
 NORMALIZATION = {
-    "imagenet": ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
+    "imagenet": (tuple(m * 255 for m in IMAGENET_MEAN), tuple(s * 255 for s in IMAGENET_STD)),
     "fashion_mnist": ((72.94035223214286,), (90.02118235130526,)),
     "mnist": ((0.1307 * 255,), (0.3081 * 255,)),
     "cifar10": ((0.4914 * 255, 0.4822 * 255, 0.4465 * 255), (0.2470 * 255, 0.2435 * 255, 0.2616 * 255)),
@@ -31,7 +35,7 @@ CROP_ATTEMPTS = 10
 CROP_PADDING = 32  # center-crop fallback keeps size / (size + 32) of the shorter side.
 
 TRAIN_PREPROCS = ("inception_crop", "pad_crop", "none")
-EVAL_PREPROCS = ("resize_crop_32", "crop_resize", "none")
+EVAL_PREPROCS = ("resize_crop_32", "squash", "crop_resize", "none")
 NORMALIZATIONS = ("imagenet", "dataset", "custom", "none")
 
 
@@ -177,6 +181,19 @@ def resize_crop_32(image: tf.Tensor, size: int, channels: int) -> tf.Tensor:
   return out
 
 
+def squash(image: tf.Tensor, size: int, channels: int, crop_pct: float) -> tf.Tensor:
+  """timm's crop_mode='squash' eval: bicubic resize ignoring aspect to floor(S / crop_pct)
+  square, centre crop S (torchvision's CenterCrop offset). resize_crop_32 is this with S + 32."""
+  if not 0.0 < crop_pct <= 1.0:
+    raise ValueError(f"eval_crop_pct must be in (0, 1], got {crop_pct}.")
+  scale = max(size, math.floor(size / crop_pct))
+  offset = int(round((scale - size) / 2.0))
+  image = resize(decode(image, channels), scale, scale)
+  out = image[offset:offset + size, offset:offset + size, :]
+  out.set_shape([size, size, channels])
+  return out
+
+
 def crop_resize(image: tf.Tensor, size: int, channels: int, crop_pct: float) -> tf.Tensor:
   """Aspect-preserving eval: center crop of crop_pct * shorter side, bicubic resize to S x S."""
   if not 0.0 < crop_pct <= 1.0:
@@ -210,6 +227,8 @@ def eval_preprocess(image: tf.Tensor, preproc: str, size: int, channels: int,
   """One eval image, float32 [size, size, C] in [0, 255] (before normalization)."""
   if preproc == "resize_crop_32":
     return resize_crop_32(image, size, channels)
+  if preproc == "squash":
+    return squash(image, size, channels, crop_pct)
   if preproc == "crop_resize":
     return crop_resize(image, size, channels, crop_pct)
   if preproc == "none":

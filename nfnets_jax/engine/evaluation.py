@@ -5,10 +5,11 @@ The eval iterator pads the last batches and marks real examples with ``mask``; e
 is weighted by that mask, so each example of the split is counted exactly once whatever the
 number of devices or hosts. Evaluation always runs in float32.
 
-``evaluate_checkpoint`` accepts what ``pretrained.checkpoint_kind`` recognises: a training
-workdir of ours (raw and EMA parameters), one of DeepMind's released ``F*_haiku.npz`` or a
-converted ``.npz``; it uses the config's eval preprocessing and size (for
-``configs/nfnet.py:F*``: the variant's test resolution with the reference's ``resize_crop_32``).
+``evaluate_checkpoint`` accepts every source ``pretrained.load`` reads (a training workdir of
+ours with raw and EMA parameters, timm folders and files, DeepMind's released
+``F*_haiku.npz``, converted ``.npz``): with a config it uses the config's model (checked
+against the weights) and eval recipe (for ``configs/nfnet.py:F*``: the variant's test
+resolution with the reference's ``resize_crop_32``), without one the source's own.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from nfnets_jax import pretrained
 from nfnets_jax.engine import imagenet_real
 from nfnets_jax.engine import parallel
 from nfnets_jax.engine import steps
-from nfnets_jax.errors import EvaluationError
+from nfnets_jax.errors import CheckpointError, EvaluationError
 
 # Alternative ImageNet test sets by TFDS name -> default split.
 EVAL_DATASETS = {
@@ -166,27 +167,33 @@ def source_config(model: pretrained.Pretrained, base_config=None, recipe: str = 
   return c
 
 
-def _source_variants(path, *, arch, use_ema, step, trust) -> List[Tuple[str, Any]]:
-  """[(label, Pretrained)] for ``path``: raw and/or EMA for workdirs, one set otherwise."""
-  first = pretrained.load(path, arch, ema=use_ema, step=step, trust=trust)
-  if first.kind != "workdir":
-    if use_ema:
-      raise EvaluationError(f"{path} is a single parameter set ({first.kind}); --use_ema "
-                            "applies to our training checkpoints only.")
-    return [("raw", first)]
-  if use_ema is None and first.ema:
-    return [("raw", pretrained.load(path, ema=False, step=first.step)), ("ema", first)]
-  return [("ema" if first.ema else "raw", first)]
+# Which parameter sets ``evaluate_checkpoint`` evaluates.
+PARAM_SETS = ("all", "raw", "ema")
+
+
+def _param_sets(path, *, arch, params, step, trust, expected_md5,
+                model_kwargs) -> List[Tuple[str, Any]]:
+  """[(label, Pretrained)] for ``path``: every parameter set it holds ('all'), or one."""
+  if params not in PARAM_SETS:
+    raise EvaluationError(f"params={params!r}; use one of {PARAM_SETS}.")
+  model = pretrained.load(path, arch, step=step, trust=trust, expected_md5=expected_md5,
+                          params=pretrained.RAW if params == "all" else params,
+                          model_kwargs=model_kwargs)
+  if params != "all":
+    return [(params, model)]
+  return [(kind, model.with_params(kind)) for kind in (pretrained.RAW, pretrained.EMA)
+          if kind in model.param_sets]
 
 
 def evaluate_checkpoint(path: str, config=None, *, arch: Optional[str] = None,
                         recipe: str = "source", dataset: Optional[str] = None,
                         split: Optional[str] = None, image_size: Optional[int] = None,
                         batch_size: Optional[int] = None, data_dir: Optional[str] = None,
-                        use_ema: Optional[bool] = None, step: Optional[int] = None,
+                        params: str = "all", step: Optional[int] = None,
                         trust: bool = False, expected_md5: Optional[str] = None,
                         num_devices: Optional[int] = None, output: Optional[str] = None,
-                        log: Callable[[str], None] = print) -> Dict[str, Any]:
+                        log: Callable[[str], None] = print,
+                        use_ema: Optional[bool] = None) -> Dict[str, Any]:
   """Evaluates the weights at ``path`` on a whole test split; returns a report.
 
   ``path`` is anything ``pretrained.load`` takes. A timm folder or file, or any source without
@@ -195,13 +202,20 @@ def evaluate_checkpoint(path: str, config=None, *, arch: Optional[str] = None,
   and DeepMind's files with a ``config`` are evaluated as that config's model and recipe (for
   ``configs/nfnet.py:F*`` that is the reference's). The report (also written to ``output`` as
   JSON when given) holds the checkpoint, model, dataset, split, image size, example count and
-  ``results`` = {'raw'|'ema': {top1, top5, loss, count}}.
+  ``results`` = {'raw'|'ema': {top1, top5, loss, count}}. ``params``: 'all' (every parameter
+  set the source holds: raw, and EMA when a workdir kept one), 'raw' or 'ema'; ``use_ema`` is
+  its older spelling (None / True / False).
   """
   t0 = time.time()
+  if use_ema is not None:
+    params = "ema" if use_ema else "raw"
   from_source = config is None or pretrained.is_external(path)
+  shapes = {} if from_source else dict(config.get("model_kwargs", None) or {})
+  sources = _param_sets(path, arch=arch if from_source else config.model, params=params,
+                        step=step, trust=trust, expected_md5=expected_md5, model_kwargs=shapes)
+  model = sources[0][1]
   if from_source:
-    sources = _source_variants(path, arch=arch, use_ema=use_ema, step=step, trust=trust)
-    config = source_config(sources[0][1], config, recipe)
+    config = source_config(model, config, recipe)
   c = eval_config(config, dataset=dataset, split=split, image_size=image_size,
                   batch_size=batch_size, data_dir=data_dir)
   is_real = c.dataset.split(":")[0].split("/")[0] == imagenet_real.REAL_DATASET
@@ -217,17 +231,20 @@ def evaluate_checkpoint(path: str, config=None, *, arch: Optional[str] = None,
   if int(c.eval_image_size) != model_info.test_image_size:
     log(f"note: evaluating at {c.eval_image_size}px; {c.model}'s test resolution is "
         f"{model_info.test_image_size}px.")
-  if from_source:
-    model = sources[0][1]
-    if model.num_classes != num_classes:
-      raise EvaluationError(
-          f"{path} has {model.num_classes} classes but {c.dataset} has {num_classes}: "
-          "evaluate it on a dataset with the same classes (or fine-tune it first).")
-    loaded = {"kind": model.kind, "step": model.step,
-              "variants": [(label, m.params, m.state) for label, m in sources]}
-  else:
-    loaded = pretrained.load_for_eval(path, c, num_classes, channels=channels, use_ema=use_ema,
-                                      step=step, trust=trust, expected_md5=expected_md5)
+  if model.num_classes != num_classes:
+    raise EvaluationError(
+        f"{path} has {model.num_classes} classes but {c.dataset} has {num_classes}: "
+        "evaluate it on a dataset with the same classes (or fine-tune it first).")
+  if not from_source:  # the config's model: every parameter name and shape checked first
+    try:
+      model.check_fits(c.model, num_classes, channels, c.get("model_kwargs", None))
+    except CheckpointError as e:
+      raise CheckpointError(f"{e} (config model: {c.model} with {num_classes} classes)") from None
+    if models.get_info(c.model).has_state and not model.state:
+      raise EvaluationError(f"{c.model} has BatchNorm state, which {model.kind} files do not "
+                            "hold; evaluate its training workdir instead.")
+  loaded = {"kind": model.kind, "step": model.step,
+            "variants": [(label, m.params, m.state) for label, m in sources]}
   devices = parallel.local_devices(num_devices or c.get("num_devices", None))
   per_device = max(1, -(-int(c.eval_batch_size) // len(devices)))
   num_batches = -(-num_examples // (per_device * len(devices)))
@@ -275,7 +292,7 @@ def evaluate_checkpoint(path: str, config=None, *, arch: Optional[str] = None,
       "kind": loaded["kind"],
       "step": loaded["step"],
       "model": c.model,
-      "model_kwargs": pretrained.model_kwargs(c),
+      "model_kwargs": dict(c.get("model_kwargs", None) or {}),
       "recipe": recipe if from_source else "config",
       "dataset": c.dataset,
       "split": c.eval_split,

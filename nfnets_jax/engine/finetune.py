@@ -36,7 +36,7 @@ def resolve_config(config) -> Tuple[ml_collections.ConfigDict, Optional[pretrain
     return config, None
   try:
     source = pretrained.load(init_from, config.get("init_arch", None) or None,
-                             ema=config.get("init_ema", None))
+                             params=pretrained.params_choice(config.get("init_ema", None)))
   except UserError as e:
     raise ConfigError(f"config.init_from={init_from!r}: {e}") from None
   c = copy.deepcopy(config)

@@ -6,16 +6,15 @@ and ``pretrained``; the only module that wraps them in ``pmap`` is ``parallel.py
 Numerics: parameters, gradients, optimizer state and the EMA are float32; the forward and
 backward passes run in ``config.compute_dtype`` (params and images cast inside the loss, logits
 cast back to float32); evaluation is float32. A non-finite loss or gradient never changes the
-state: ``make_update_fn`` keeps the old values and counts the step.
+state: ``make_update_fn`` keeps the old values and counts the step. This guard and the
+micro-batch accumulation of ``parallel.make_train_step`` are the only ones: the optimizer
+(``optim.build_optimizer``) has neither.
 """
 from __future__ import annotations
-
-import functools
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from nfnets_jax import models
@@ -26,14 +25,9 @@ _DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.floa
 
 
 def make_forward(config, num_classes: int) -> hk.TransformedWithState:
-  """``forward(images, is_training) -> {'logits', 'pool'}`` as a stateful Haiku transform."""
-  kwargs = dict(config.get("model_kwargs", ml_collections.ConfigDict()).items())
-
-  def forward(images, is_training):
-    model = models.create(config.model, num_classes, **kwargs)
-    return model(images, is_training)
-
-  return hk.transform_with_state(forward)
+  """``models.transform`` of ``config.model`` with ``config.model_kwargs``."""
+  return models.transform(config.model, num_classes,
+                          **dict(config.get("model_kwargs", {}).items()))
 
 
 def cast_floats(tree, dtype):
@@ -72,10 +66,20 @@ def make_grad_fn(forward, config):
   return grad_fn
 
 
-def _uses_agc(opt_config) -> bool:
-  name = opt_config.get("name", "sgd_agc")
-  clipping = opt_config.get("clipping", 0.0) or 0.0
-  return name == "sgd_agc" or (name == "adamw" and float(clipping) > 0)
+def make_train_state(params, model_state, tx, rng, with_ema: bool) -> dict:
+  """The step-0 state that ``make_update_fn`` and ``parallel.make_train_step`` take; jittable."""
+  state = {
+      "params": params,
+      "model_state": model_state,
+      "opt_state": tx.init(params),
+      "step": jnp.zeros([], jnp.int32),
+      "rng": rng,
+      "nonfinite_count": jnp.zeros([], jnp.int32),
+      "first_nonfinite_step": jnp.full([], -1, jnp.int32),
+  }
+  if with_ema:
+    state["ema_params"] = jax.tree.map(jnp.copy, params)
+  return state
 
 
 def make_update_fn(tx, config):
@@ -86,7 +90,7 @@ def make_update_fn(tx, config):
   """
   ema_decay = config.get("ema_decay", None)
   opt = config.optimizer
-  with_clip_stats = _uses_agc(opt)
+  clip_kwargs = optim.agc_clip_kwargs(opt) if optim.uses_agc(opt) else None
   nan_step = config.get("debug_nan_at_step", None)
   nan_step = -1 if nan_step is None else int(nan_step)
 
@@ -104,12 +108,8 @@ def make_update_fn(tx, config):
     metrics = dict(metrics)
     metrics["grad_norm"] = grad_norm
     metrics["learning_rate"] = optim.get_learning_rate(new_opt_state)
-    if with_clip_stats:
-      stats = agc.clip_stats(
-          grads, params, float(opt.clipping), float(opt.get("agc_eps", 1e-3)),
-          mask=functools.partial(agc.exclusion_mask, spec=opt.get("agc_exclude", "reference")),
-          per_group=False)
-      metrics.update(stats)
+    if clip_kwargs is not None:
+      metrics.update(agc.clip_stats(grads, params, **clip_kwargs, per_group=False))
     new_state = dict(state)
     new_state["params"] = new_params
     new_state["opt_state"] = new_opt_state

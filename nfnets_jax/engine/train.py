@@ -22,6 +22,7 @@ import time
 from typing import Any, Dict, Optional
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -185,17 +186,8 @@ def initial_state(forward, tx, config, image_shape) -> Dict[str, Any]:
   init_rng, train_rng = jax.random.split(rng)
   dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
   params, model_state = jax.jit(forward.init, static_argnums=(2,))(init_rng, dummy, True)
-  state = {
-      "params": params,
-      "model_state": model_state,
-      "opt_state": tx.init(params),
-      "step": jnp.zeros([], jnp.int32),
-      "rng": train_rng,
-      "nonfinite_count": jnp.zeros([], jnp.int32),
-      "first_nonfinite_step": jnp.full([], -1, jnp.int32),
-  }
-  if config.get("ema_decay", None) is not None:
-    state["ema_params"] = jax.tree.map(jnp.copy, params)
+  state = steps.make_train_state(params, model_state, tx, train_rng,
+                                 with_ema=config.get("ema_decay", None) is not None)
   return jax.tree.map(np.asarray, jax.device_get(state))
 
 
@@ -244,7 +236,6 @@ class _SignalFlag:
 def _any_process(flag: bool) -> bool:
   if jax.process_count() == 1:
     return flag
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 

@@ -4,9 +4,13 @@ Each family module registers its names with :func:`register` when imported below
 classes are public: ``from nfnets_jax.models import NFNet, NFResNet, NFRegNet, ResNet, NFNetL``
 (each a Haiku module called as ``model(images, is_training)`` inside ``hk.transform``);
 ``create(name, num_classes, **overrides)`` builds any registered name, ``list_models()`` lists
-them and ``get_info(name)`` gives sizes and defaults. Imports only ``layers``.
+them and ``get_info(name)`` gives the name's record (``ModelInfo``: sizes, defaults, eval recipe,
+published weights; see ``registry``). Imports only ``layers``.
 """
-from nfnets_jax.models.registry import ModelInfo, create, get_info, list_models, register
+from nfnets_jax.models.registry import (EvalRecipe, ModelInfo, Weights, constructor_kwargs,
+                                        create, get_info,
+                                        list_models, published_weights, register,
+                                        resize_crop_32, timm_recipe, transform)
 
 # Family modules (import order = registration order). Keep these after the registry import.
 from nfnets_jax.models import nfnet  # noqa: F401,E402  NFNet F0-F7, F0+-F7+
@@ -23,6 +27,7 @@ from nfnets_jax.models.nfnet import NFNet  # noqa: E402
 from nfnets_jax.models.nfnet_l import NFNetL  # noqa: E402
 from nfnets_jax.models.resnet import ResNet  # noqa: E402
 
-__all__ = ["ModelInfo", "NFDemo", "NFNet", "NFNetL", "NFRegNet", "NFResNet", "ResNet", "create",
-           "get_info", "list_models", "register"]
+__all__ = ["EvalRecipe", "ModelInfo", "constructor_kwargs", "Weights", "published_weights", "resize_crop_32",
+           "timm_recipe", "NFDemo", "NFNet", "NFNetL", "NFRegNet", "NFResNet", "ResNet", "create",
+           "get_info", "list_models", "register", "transform"]
 from nfnets_jax.models import timm_variants  # noqa: F401,E402  timm's nf_resnet50 / nf_regnet_b1 / test_nfnet

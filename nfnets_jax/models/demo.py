@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from nfnets_jax import layers
-from nfnets_jax.models.registry import register
+from nfnets_jax.models.registry import EvalRecipe, register
 
 
 class NFDemoBlock(hk.Module):
@@ -112,9 +112,11 @@ class NFDemo(hk.Module):
 
 
 register("nf_demo", NFDemo, {}, train_image_size=28, test_image_size=28, drop_rate=0.0,
+         eval=EvalRecipe(28, "none", crop_pct=1.0),
          description="Small NF-ResNet (basic blocks, no grouping) for the Fashion-MNIST "
                      "quickstart on CPU.")
 register("nf_demo_tiny", NFDemo, dict(widths=(8, 16), depths=(1, 1), strides=(2, 2),
                                       stem_width=8),
          train_image_size=28, test_image_size=28, drop_rate=0.0,
+         eval=EvalRecipe(28, "none", crop_pct=1.0),
          description="A few-thousand-parameter NF model for fast tests of the training engine.")

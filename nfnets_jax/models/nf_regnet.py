@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from nfnets_jax import layers
-from nfnets_jax.models.nf_resnet import (block_metrics, channel_var, check_input,
-                                         classifier_head, nf_betas_and_rates)
+from nfnets_jax.models.parts import (block_metrics, channel_var, check_input, classifier_head,
+                                     nf_betas_and_rates)
 from nfnets_jax.models.registry import register
 
 

@@ -6,9 +6,6 @@ blocks (1x1 -> 3x3 -> 1x1, bottleneck = out / 4) whose shortcut, where shapes ch
 strided 1x1 WS conv of the pre-activated input (no avg-pool), optional squeeze-excite (ratio
 0.25, times 2), a scalar ``skip_gain`` (init 0), and a head act -> mean -> dropout -> linear.
 With 1000 classes NF-ResNet-50 has 25,557,048 parameters (35,635,704 with SE).
-
-Also home of helpers shared by the other NF families of this package: the per-block
-expected-std bookkeeping and the signal-metrics convention.
 """
 from __future__ import annotations
 
@@ -19,65 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from nfnets_jax import layers
+from nfnets_jax.models.parts import (block_metrics, channel_var, check_input, classifier_head,
+                                     nf_betas_and_rates)
 from nfnets_jax.models.registry import register
-
-
-# ------------------------------------------------------------------------------------------
-# Helpers shared by NF-ResNet, NF-RegNet and the NFNet-L models.
-# ------------------------------------------------------------------------------------------
-def nf_betas_and_rates(depths: Sequence[int], alpha: float, stochdepth_rate: float):
-  """Per-block (beta, stochastic depth rate), in network order.
-
-  ``beta = 1 / expected_std``; expected_std starts at 1, is reset to 1 after the first block
-  of each stage (so a stage's first block sees the previous stage's value) and after every
-  block grows to ``sqrt(expected_std**2 + alpha**2)``. Block
-  ``i`` of ``N`` drops with rate ``stochdepth_rate * i / N``.
-  """
-  out = []
-  num_blocks = sum(depths)
-  index = 0
-  expected_std = 1.0
-  for depth in depths:
-    for block_index in range(depth):
-      beta = 1.0 / expected_std
-      out.append((beta, stochdepth_rate * index / num_blocks))
-      if block_index == 0:
-        expected_std = 1.0
-      expected_std = (expected_std ** 2 + alpha ** 2) ** 0.5
-      index += 1
-  return out
-
-
-def block_metrics(index: int, out: jax.Array, res_var: jax.Array) -> dict:
-  """The per-block signal-propagation metrics shared by every family in this package.
-
-  Keys: ``block_{i}_avg_sq_mean`` and ``block_{i}_avg_var`` of the block's output and
-  ``block_{i}_res_var``, the average channel variance of its residual branch (before skip
-  gain and stochastic depth).
-  """
-  metrics = layers.signal_metrics(out, f"block_{index}")
-  metrics[f"block_{index}_res_var"] = res_var
-  return metrics
-
-
-def channel_var(x: jax.Array) -> jax.Array:
-  """Average over channels of the per-channel variance of NHWC ``x``."""
-  return jnp.mean(jnp.var(x, axis=(0, 1, 2)))
-
-
-def classifier_head(pool: jax.Array, fc: hk.Module, drop_rate: float,
-                    is_training: bool) -> jax.Array:
-  """Dropout (training only) followed by the classifier."""
-  if is_training and drop_rate:
-    pool = hk.dropout(hk.next_rng_key(), drop_rate, pool)
-  return fc(pool)
-
-
-def check_input(x: jax.Array, module_name: str) -> None:
-  if x.ndim != 4:
-    raise ValueError(
-        f"{module_name} expects NHWC images of rank 4, got shape {tuple(x.shape)}; add a batch "
-        "dimension or transpose NCHW input to NHWC.")
 
 
 # ------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from nfnets_jax import layers
+from nfnets_jax.models import registry
 from nfnets_jax.models.registry import register
 
 _BASE_WIDTHS = (256, 512, 1536, 1536)
@@ -220,7 +221,7 @@ class NFNet(hk.Module):
     self.width = width
     self.drop_rate = cfg["drop_rate"] if drop_rate is None else drop_rate
     self.activation = layers.scaled_activation(activation)
-    layers._resolve_grouped_impl(grouped_conv_impl)  # Fail early on a bad name.
+    layers.resolve_grouped_impl(grouped_conv_impl)  # Fail early on a bad name.
     self.block_specs = block_config(self.variant, width=width, alpha=alpha,
                                     stochdepth_rate=stochdepth_rate, group_width=group_width)
     self.betas = [s.beta for s in self.block_specs]
@@ -308,6 +309,49 @@ class NFNet(hk.Module):
     return out
 
 
+# Published weights (facts, sections 7-8): DeepMind's released pickles with their MD5 and the
+# paper's top-1/top-5 at the test size; timm's dm_nfnet_* copies of the same weights with timm's
+# eval crop (timm 1.0.31 default_cfgs) and its measured top-1 (results-imagenet.csv, commit
+# aa4b585). timm's models use exact GELU and its own standardization epsilon: TIMM_OPTIONS.
+DEEPMIND_MD5 = {
+    "F0": "0a41039da1cb43adf47f1b7d86ddfe0f", "F1": "c9126bbfaf855f9ddb7ff3b902558781",
+    "F2": "7a018d8d1498020e2f5a8719a1e7f53f", "F3": "d8e1e78d26db659c486150dbaccbe78a",
+    "F4": "f5974a7e3388aa81b91a9f1403e759a4", "F5": "8639e925de951030651ac775b9f915c3",
+    "F6": "b16cca40ac1ecec2bd5e3273866da0c1",
+}
+_PAPER_TOP1_TOP5 = {"F0": (83.6, 96.8), "F1": (84.7, 97.1), "F2": (85.1, 97.3),
+                    "F3": (85.7, 97.5), "F4": (85.9, 97.6), "F5": (86.0, 97.6),
+                    "F6": (86.5, 97.9)}
+_TIMM_CROP_PCT = {"F0": 0.9, "F1": 0.91, "F2": 0.92, "F3": 0.94, "F4": 0.951, "F5": 0.954,
+                  "F6": 0.956}
+_TIMM_TOP1 = {"F0": 83.468, "F1": 84.700, "F2": 85.184, "F3": 85.676, "F4": 85.838,
+              "F5": 86.102, "F6": 86.364}
+TIMM_OPTIONS = dict(activation="gelu_exact", weight_std="timm")
+WEIGHTS_LICENSE = "apache-2.0"  # as timm labels the dm_in1k weights; deepmind-research's license
+
+
+def _published(variant: str, cfg: dict):
+  if variant not in DEEPMIND_MD5:
+    return ()
+  train, test = cfg["train_image_size"], cfg["test_image_size"]
+  top1, top5 = _PAPER_TOP1_TOP5[variant]
+  return (
+      registry.Weights(
+          source="deepmind", tag="dm_in1k", train_image_size=train,
+          eval=registry.resize_crop_32(test), top1=top1, top5=top5, metrics_image_size=test,
+          metrics_source="Brock et al. 2021b / deepmind-research README" +
+          (" (trained with SAM)" if variant == "F6" else ""),
+          license=WEIGHTS_LICENSE, file=f"{variant}_haiku.npz", md5=DEEPMIND_MD5[variant]),
+      registry.Weights(
+          source="timm", tag="dm_in1k", train_image_size=train,
+          eval=registry.timm_recipe(test, _TIMM_CROP_PCT[variant], "squash"),
+          top1=_TIMM_TOP1[variant], metrics_image_size=test,
+          metrics_source="timm results-imagenet.csv", license=WEIGHTS_LICENSE,
+          timm_name=f"dm_nfnet_{variant.lower()}", timm_overrides=TIMM_OPTIONS,
+          timm_crop_pct=_TIMM_CROP_PCT[variant]),
+  )
+
+
 def _register_all():
   for variant, cfg in NFNET_VARIANTS.items():
     name = "nfnet_" + variant.lower().replace("+", "_plus")
@@ -318,7 +362,8 @@ def _register_all():
              randaugment_layers=cfg["randaugment_layers"],
              randaugment_magnitude=cfg["randaugment_magnitude"],
              description=f"NFNet-{variant} ({NFNET_PARAM_COUNTS[variant]:,} parameters "
-                         "with 1000 classes).")
+                         "with 1000 classes).",
+             weights=_published(variant, cfg))
 
 
 _register_all()

@@ -23,19 +23,10 @@ import jax
 import jax.numpy as jnp
 
 from nfnets_jax import layers
-from nfnets_jax.models.nf_resnet import (block_metrics, channel_var, check_input,
-                                         classifier_head, nf_betas_and_rates)
+from nfnets_jax.models.parts import (block_metrics, channel_var, check_input, classifier_head,
+                                     make_divisible, nf_betas_and_rates, zero_last_gain_creator)
+from nfnets_jax.models import registry
 from nfnets_jax.models.registry import register
-
-
-def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None,
-                   round_limit: float = 0.9) -> int:
-  """Rounds ``v`` to the nearest multiple of ``divisor`` (never more than 10% down)."""
-  min_value = min_value or divisor
-  new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-  if new_v < round_limit * v:
-    new_v += divisor
-  return new_v
 
 
 def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
@@ -78,12 +69,6 @@ def _padding(kernel: int, stride: int, mode: str):
   if mode == "symmetric":
     return layers.symmetric_padding(kernel, stride)
   raise ValueError(f"Unknown padding {mode!r}; choose 'same' or 'symmetric'.")
-
-
-def _zero_gain_creator(next_creator, shape, dtype, init, context):
-  if context.full_name.endswith("/conv2/gain"):
-    init = jnp.zeros
-  return next_creator(shape, dtype, init)
 
 
 class NFLBlock(hk.Module):
@@ -137,7 +122,7 @@ class NFLBlock(hk.Module):
     out = self.conv1(self.activation(out))
     out = self.conv1b(self.activation(out))
     # The last conv's gain starts at 0 (timm), standing in for a zero-init skip gain.
-    with hk.custom_creator(_zero_gain_creator):
+    with hk.custom_creator(zero_last_gain_creator):
       out = self.conv2(self.activation(out))
     if self.attention is not None:
       out = 2 * self.attention(out) * out
@@ -246,6 +231,31 @@ class NFNetL(hk.Module):
     return outputs
 
 
+# timm's constructor options for its NFNet-L weights (symmetric padding, gamma inside the
+# next conv, timm's standardization epsilon) and its published weights: timm 1.0.31
+# default_cfgs (crop_pct 0.9 at the train size, 1.0 at the test size) and top-1 at the test size
+# from results-imagenet.csv (commit aa4b585).
+TIMM_OPTIONS = dict(padding="symmetric", gamma_in_act=False, weight_std="timm")
+_TIMM_WEIGHTS = {  # variant: (timm name, tag, top-1)
+    "L0": ("nfnet_l0", "ra2_in1k", 82.766),
+    "ECA-L0": ("eca_nfnet_l0", "ra2_in1k", 82.590),
+    "ECA-L1": ("eca_nfnet_l1", "ra2_in1k", 84.062),
+    "ECA-L2": ("eca_nfnet_l2", "ra3_in1k", 84.710),
+}
+
+
+def _published(variant: str, p: dict):
+  if variant not in _TIMM_WEIGHTS:
+    return ()
+  timm_name, tag, top1 = _TIMM_WEIGHTS[variant]
+  return (registry.Weights(
+      source="timm", tag=tag, train_image_size=p["train_imsize"],
+      eval=registry.timm_recipe(p["test_imsize"], 1.0), top1=top1,
+      metrics_image_size=p["test_imsize"], metrics_source="timm results-imagenet.csv",
+      license="apache-2.0", timm_name=timm_name, timm_overrides=TIMM_OPTIONS,
+      timm_crop_pct=0.9),)
+
+
 def _register():
   for v, p in NFNET_L_VARIANTS.items():
     name = ("eca_nfnet_" if v.startswith("ECA") else "nfnet_") + v.split("-")[-1].lower()
@@ -254,7 +264,8 @@ def _register():
              drop_rate=p["drop_rate"], randaugment_layers=2, randaugment_magnitude=9,
              description=f"timm's {'ECA-' if v.startswith('ECA') else ''}NFNet-{v[-2:]} "
                          "(image sizes from timm; dropout and RandAugment are this "
-                         "project's choice)")
+                         "project's choice)",
+             eval=registry.timm_recipe(p["test_imsize"], 1.0), weights=_published(v, p))
 
 
 _register()

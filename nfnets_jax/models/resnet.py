@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from nfnets_jax import layers
-from nfnets_jax.models.nf_resnet import block_metrics, channel_var, check_input, classifier_head
+from nfnets_jax.models.parts import block_metrics, channel_var, check_input, classifier_head
 from nfnets_jax.models.registry import register
 
 NORMALIZATIONS = ("batchnorm", "none", "skipinit")

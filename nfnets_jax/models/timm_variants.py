@@ -30,9 +30,11 @@ import jax
 import jax.numpy as jnp
 
 from nfnets_jax import layers
-from nfnets_jax.models.nf_resnet import (block_metrics, channel_var, check_input,
-                                         classifier_head, nf_betas_and_rates)
-from nfnets_jax.models.nfnet_l import NFNetL, _zero_gain_creator, make_divisible
+from nfnets_jax.models.parts import (block_metrics, channel_var, check_input, classifier_head,
+                                     make_divisible, nf_betas_and_rates, zero_last_gain_creator)
+from nfnets_jax.constants import IMAGENET_MEAN, IMAGENET_STD
+from nfnets_jax.models import registry
+from nfnets_jax.models.nfnet_l import TIMM_OPTIONS, NFNetL
 from nfnets_jax.models.registry import register
 
 
@@ -96,7 +98,7 @@ class TimmNFBlock(hk.Module):
     out = self.conv1(self.activation(out))
     if self.se is not None and self.reg:
       out = 2 * self.se(out) * out
-    with hk.custom_creator(_zero_gain_creator):
+    with hk.custom_creator(zero_last_gain_creator):
       out = self.conv2(self.activation(out))
     if self.se is not None and not self.reg:
       out = 2 * self.se(out) * out
@@ -197,26 +199,44 @@ TIMM_NF_REGNET_B1 = dict(depths=(2, 4, 7, 7), channels=(48, 104, 208, 440), stem
                          num_features=1280 * 440 // 440, reg=True, attention="se",
                          se_ratio=0.5, activation="silu")
 # timm's tiny test_nfnet (NFNet-L-shaped) and the options that make NFNetL timm-exact.
-TIMM_NFNET_L_OPTIONS = dict(padding="symmetric", gamma_in_act=False, weight_std="timm")
+TIMM_NFNET_L_OPTIONS = TIMM_OPTIONS  # the name earlier versions exported
 TIMM_TEST_NFNET = dict(variant="L0", channels=(32, 64, 96, 128), depths=(1, 1, 1, 1),
                        feat_mult=1.5, group_size=8, bottleneck_ratio=0.25, attention="se",
-                       se_ratio=0.25, activation="silu", **TIMM_NFNET_L_OPTIONS)
+                       se_ratio=0.25, activation="silu", **TIMM_OPTIONS)
+
+
+def _timm_weights(timm_name, tag, train, test, crop_pct, top1, mean=IMAGENET_MEAN,
+                  std=IMAGENET_STD):
+  """timm's published weights (timm 1.0.31 default_cfgs; top-1 at the test size from
+  results-imagenet.csv, commit aa4b585)."""
+  return (registry.Weights(
+      source="timm", tag=tag, train_image_size=train,
+      eval=registry.timm_recipe(test, crop_pct, mean=mean, std=std), top1=top1,
+      metrics_image_size=test, metrics_source="timm results-imagenet.csv",
+      license="apache-2.0", timm_name=timm_name, timm_crop_pct=crop_pct),)
 
 
 def _register():
   # Image sizes from timm's pretrained cfgs; dropout/RandAugment are this project's choice.
-  register("timm_nf_resnet50", TimmNFNet, TIMM_NF_RESNET50, train_image_size=256,
-           test_image_size=288, drop_rate=0.2, randaugment_layers=2, randaugment_magnitude=9,
-           description="timm's nf_resnet50 (ResNet-D shortcut, no skip gain, symmetric "
-                       "padding); not DeepMind's NF-ResNet-50")
-  register("timm_nf_regnet_b1", TimmNFNet, dict(TIMM_NF_REGNET_B1, drop_rate=0.2),
-           train_image_size=256, test_image_size=288, drop_rate=0.2, randaugment_layers=2,
-           randaugment_magnitude=9,
-           description="timm's nf_regnet_b1 (make-divisible-by-8 widths); not DeepMind's "
-                       "NF-RegNet-B1")
+  for name, kwargs, weights, description in (
+      ("timm_nf_resnet50", TIMM_NF_RESNET50,
+       _timm_weights("nf_resnet50", "ra2_in1k", 256, 288, 0.94, 80.658),
+       "timm's nf_resnet50 (ResNet-D shortcut, no skip gain, symmetric padding); not "
+       "DeepMind's NF-ResNet-50"),
+      ("timm_nf_regnet_b1", dict(TIMM_NF_REGNET_B1, drop_rate=0.2),
+       _timm_weights("nf_regnet_b1", "ra2_in1k", 256, 288, 0.9, 79.368),
+       "timm's nf_regnet_b1 (make-divisible-by-8 widths); not DeepMind's NF-RegNet-B1"),
+  ):
+    weights_eval = weights[0].eval
+    register(name, TimmNFNet, kwargs, train_image_size=256, test_image_size=288,
+             drop_rate=0.2, randaugment_layers=2, randaugment_magnitude=9,
+             description=description, eval=weights_eval, weights=weights)
+  tiny = _timm_weights("test_nfnet", "r160_in1k", 160, 160, 0.95, 47.634, (0.5,) * 3,
+                       (0.5,) * 3)
   register("timm_test_nfnet", NFNetL, dict(TIMM_TEST_NFNET, drop_rate=0.2),
            train_image_size=160, test_image_size=160, drop_rate=0.2,
-           description="timm's tiny test_nfnet (for fast tests)")
+           description="timm's tiny test_nfnet (for fast tests)", eval=tiny[0].eval,
+           weights=tiny)
 
 
 _register()

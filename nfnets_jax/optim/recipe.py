@@ -13,14 +13,15 @@ Alternatives, by ``name``: ``sgd`` (no clipping), ``sgd_global_clip`` (global-no
 ``clipping`` > 0, then Adam, then decoupled decay ``wd * p`` scaled by the learning rate, as
 ``optax.adamw``). The learning rate lives in an ``optax.inject_hyperparams`` state so
 ``get_learning_rate(opt_state)`` can log it; every step count (schedule, warm-up,
-``total_steps``) is in optimizer steps, not micro-batches.
+``total_steps``) is in optimizer steps, not micro-batches. Gradient accumulation and skipping
+non-finite steps are the engine's (``engine/parallel.py``, ``engine/steps.py``), not wrappers
+of this optimizer.
 """
 from __future__ import annotations
 
 import functools
 import math
 import re
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -37,10 +38,6 @@ KNOWN_SCHEDULES = ("cosine", "constant")
 # ``weight_decay_mask`` this covers WSConv2D gains/biases, linear biases, skip gains and the
 # scale/offset of normalization layers in the BN baselines.
 NO_DECAY_NAMES = frozenset({"b", "bias", "gain", "skip_gain", "scale", "offset"})
-
-# apply_if_finite gives up (applies the update anyway) after this many consecutive bad steps;
-# large enough to mean "never" in practice.
-_MAX_CONSECUTIVE_NONFINITE = 2**30
 
 
 def default_optimizer_config() -> ml_collections.ConfigDict:
@@ -62,7 +59,6 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
       adam_b1=0.9,
       adam_b2=0.999,
       adam_eps=1e-8,
-      skip_nonfinite=False,
       # Fine-tuning: a regex over parameter paths ('module/name') whose updates are zeroed
       # (e.g. '^(?!.*/~/linear/)' trains only the classifier: a linear probe), and a learning
       # rate multiplier for every parameter outside the classifier.
@@ -71,8 +67,11 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
   ))
 
 
-def _resolve_config(opt_config) -> ml_collections.ConfigDict:
-  """Defaults overlaid with ``opt_config``; typos and unknown names fail loudly."""
+def resolve_config(opt_config) -> ml_collections.ConfigDict:
+  """Defaults overlaid with ``opt_config``; typos and unknown names fail loudly.
+
+  Consumers read the resolved config, so every default lives in ``default_optimizer_config``.
+  """
   cfg = default_optimizer_config()
   given = dict(opt_config.items()) if opt_config is not None else {}
   unknown = sorted(set(given) - set(cfg.keys()))
@@ -100,9 +99,23 @@ def _resolve_config(opt_config) -> ml_collections.ConfigDict:
   return cfg
 
 
+def uses_agc(opt_config) -> bool:
+  """Whether the optimizer clips with AGC: ``sgd_agc``, or ``adamw`` with ``clipping`` > 0."""
+  cfg = resolve_config(opt_config)
+  return cfg.name == "sgd_agc" or (cfg.name == "adamw" and float(cfg.clipping or 0) > 0)
+
+
+def agc_clip_kwargs(opt_config) -> dict:
+  """``clipping``, ``eps`` and ``mask`` of the optimizer's AGC (for ``agc.adaptive_grad_clip``
+  and ``agc.clip_stats``)."""
+  cfg = resolve_config(opt_config)
+  return dict(clipping=float(cfg.clipping), eps=float(cfg.agc_eps),
+              mask=functools.partial(agc.exclusion_mask, spec=cfg.agc_exclude))
+
+
 def peak_learning_rate(opt_config, batch_size: int) -> float:
   """``base_lr * batch_size / lr_scale_batch``; no scaling when ``lr_scale_batch`` is 0/None."""
-  cfg = _resolve_config(opt_config)
+  cfg = resolve_config(opt_config)
   if cfg.lr_scale_batch:
     return float(cfg.base_lr) * batch_size / float(cfg.lr_scale_batch)
   return float(cfg.base_lr)
@@ -117,7 +130,7 @@ def learning_rate_schedule(opt_config, *, batch_size: int, steps_per_epoch: floa
   ``constant``: the peak after warm-up. The value at step ``t`` is the rate of update ``t``
   (0-based), so update 0 of a warmed-up schedule has learning rate 0.
   """
-  cfg = _resolve_config(opt_config)
+  cfg = resolve_config(opt_config)
   if batch_size <= 0 or steps_per_epoch <= 0 or total_steps <= 0:
     raise ValueError(
         "learning_rate_schedule needs positive batch_size, steps_per_epoch and total_steps; got "
@@ -189,34 +202,26 @@ def scale_by_path(multipliers_fn) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def build_optimizer(opt_config, *, batch_size: int, steps_per_epoch: float, total_steps: int,
-                    accumulation_steps: int = 1) -> optax.GradientTransformation:
+def build_optimizer(opt_config, *, batch_size: int, steps_per_epoch: float,
+                    total_steps: int) -> optax.GradientTransformation:
   """The optimizer of ``opt_config`` (``config.optimizer``), ready for ``init``/``update``.
 
-  ``update`` must be given params (AGC and weight decay need them). With
-  ``accumulation_steps`` k > 1 the optimizer is wrapped in ``optax.MultiSteps``: k calls
-  average their gradients and only the k-th applies an update (the others return zeros), so
-  AGC sees the accumulated full-batch gradient. ``skip_nonfinite`` wraps the per-step optimizer
-  in ``optax.apply_if_finite``: a step whose (accumulated) gradient has a NaN/Inf returns zero
-  updates and leaves the optimizer state, including the schedule's step, unchanged.
+  ``update`` must be given params (AGC and weight decay need them) and the gradient of the
+  whole global batch: one call is one optimizer step.
   """
-  cfg = _resolve_config(opt_config)
-  if int(accumulation_steps) != accumulation_steps or accumulation_steps < 1:
-    raise ValueError(f"accumulation_steps must be an integer >= 1, got {accumulation_steps}.")
+  cfg = resolve_config(opt_config)
   schedule = learning_rate_schedule(
       cfg, batch_size=batch_size, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
   name = cfg.name
   momentum = float(cfg.momentum)
   nesterov = bool(cfg.nesterov)
   weight_decay = float(cfg.weight_decay)
-  use_agc = name == "sgd_agc" or (name == "adamw" and cfg.clipping and float(cfg.clipping) > 0)
+  use_agc = uses_agc(cfg)
 
   def make_chain(learning_rate):
     parts = []
     if use_agc:
-      parts.append(agc.adaptive_grad_clip(
-          float(cfg.clipping), float(cfg.agc_eps),
-          mask=functools.partial(agc.exclusion_mask, spec=cfg.agc_exclude)))
+      parts.append(agc.adaptive_grad_clip(**agc_clip_kwargs(cfg)))
     elif name == "sgd_global_clip":
       parts.append(optax.clip_by_global_norm(float(cfg.global_clip_norm)))
     if name == "adamw":
@@ -235,34 +240,16 @@ def build_optimizer(opt_config, *, batch_size: int, steps_per_epoch: float, tota
           update_multipliers, freeze=cfg.freeze, body_lr_mult=float(cfg.body_lr_mult))))
     return optax.chain(*parts)
 
-  tx = optax.inject_hyperparams(make_chain)(learning_rate=schedule)
-  if cfg.skip_nonfinite:
-    tx = optax.apply_if_finite(tx, max_consecutive_errors=_MAX_CONSECUTIVE_NONFINITE)
-  if accumulation_steps > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=int(accumulation_steps)).gradient_transformation()
-  return tx
-
-
-def _find_hyperparams(state) -> Optional[dict]:
-  hyperparams = getattr(state, "hyperparams", None)
-  if isinstance(hyperparams, dict) and "learning_rate" in hyperparams:
-    return hyperparams
-  if isinstance(state, tuple):  # chains and wrapper states (MultiSteps, apply_if_finite, ...)
-    for child in state:
-      found = _find_hyperparams(child)
-      if found is not None:
-        return found
-  return None
+  return optax.inject_hyperparams(make_chain)(learning_rate=schedule)
 
 
 def get_learning_rate(opt_state) -> jax.Array:
   """The learning rate of the latest update (of update 0 right after ``init``).
 
-  Sees through ``MultiSteps``, ``apply_if_finite`` and chains; with a pmapped (replicated)
-  state it returns one value per device.
+  With a pmapped (replicated) state it returns one value per device.
   """
-  hyperparams = _find_hyperparams(opt_state)
-  if hyperparams is None:
+  hyperparams = getattr(opt_state, "hyperparams", None)
+  if not isinstance(hyperparams, dict) or "learning_rate" not in hyperparams:
     raise ValueError(
         "No injected 'learning_rate' found in this optimizer state; build the optimizer with "
         "optim.build_optimizer (which uses optax.inject_hyperparams).")

@@ -1,10 +1,13 @@
 """Throughput, compile time, FLOP/s and memory of NFNet training and eval steps.
 
-The measured training step is the recipe's: forward (training mode: stochastic depth and
-dropout on) + backward + optimizer update (``optim.build_optimizer``: AGC, weight decay,
-Nesterov SGD), with float32 parameters, gradients and optimizer state, and the compute dtype
-cast inside the loss (parameters and images are cast to ``precision``, logits back to float32),
-as the training runner does. The eval step is a forward pass in eval mode.
+The measured steps are the engine's own, so the numbers are those of training and evaluation.
+Train: ``parallel.make_train_step(steps.make_grad_fn(...), steps.make_update_fn(...))`` over
+one device without accumulation, i.e. the pmapped step ``train.build_run`` compiles: forward
+(training mode: stochastic depth and dropout on) + label-smoothed loss + backward + the
+optimizer update (``optim.build_optimizer``: AGC, weight decay, Nesterov SGD) with the
+non-finite guard and the AGC statistics of the logged metrics; float32 parameters, gradients
+and optimizer state, the compute dtype (``precision``) cast inside the loss; no EMA. Eval:
+``steps.make_eval_apply`` (float32, as the engine's evaluation), jitted.
 
 FLOP convention: ``flops.count_macs`` counts multiply-accumulates of convolutions and linear
 layers (DeepMind's "FLOPs"); here one MAC = 2 FLOPs, and a training step costs 3x the forward
@@ -19,20 +22,36 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
+import inspect
 import os
+import pathlib
 import platform
 import resource
+import shutil
 import statistics
+import sys
+import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import jaxlib
+import ml_collections
 import numpy as np
+import optax
 
+from nfnets_jax import data
 from nfnets_jax import layers
+from nfnets_jax import models
+from nfnets_jax import optim
+from nfnets_jax.engine import parallel
 from nfnets_jax.engine import steps as engine_steps
+from nfnets_jax.engine import train
+from nfnets_jax.engine import validation
+from nfnets_jax.research import flops
 
 FLOP_CONVENTION = (
     "FLOPs = 2 x multiply-accumulates of convolutions and linear layers (flops.count_macs); "
@@ -55,6 +74,7 @@ class BenchConfig:
   num_classes: int = 1000
   model_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
   label: Optional[str] = None
+  label_smoothing: float = 0.1  # the recipe's (configs/default.py)
   # Eval only: fold the weight standardization into the kernels once per parameter set
   # (layers.fold_weight_standardization) and run the model under layers.folded_weights().
   fold_ws: bool = False
@@ -64,13 +84,15 @@ class BenchConfig:
       raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}.")
     if self.precision not in PRECISIONS:
       raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}.")
+    if self.mode == "eval" and self.precision != "float32":
+      raise ValueError("eval mode times steps.make_eval_apply, which runs in float32 like the "
+                       f"engine's evaluation; got precision={self.precision!r}.")
     if self.batch < 1 or self.image_size < 8:
       raise ValueError(
           f"batch must be >= 1 and image_size >= 8 (got {self.batch}, {self.image_size}).")
     if self.grouped_conv_impl not in layers.GROUPED_CONV_IMPLS:
       raise ValueError(f"grouped_conv_impl must be one of {layers.GROUPED_CONV_IMPLS}, got "
                        f"{self.grouped_conv_impl!r}.")
-    from nfnets_jax import models
     models.get_info(self.model)  # Unknown names fail here with the list of known ones.
 
   @property
@@ -88,7 +110,7 @@ class BenchConfig:
 
   @property
   def resolved_impl(self) -> str:
-    return layers._resolve_grouped_impl(self.grouped_conv_impl)
+    return layers.resolve_grouped_impl(self.grouped_conv_impl)
 
   @property
   def optimizer_name(self) -> str:
@@ -117,24 +139,14 @@ def cpu_cores() -> int:
 
 
 def machine_info() -> dict:
-  import haiku
-  import optax
   dev = jax.devices()[0]
   return dict(
       backend=jax.default_backend(), device_kind=dev.device_kind,
       num_devices=jax.device_count(), cpu_model=cpu_model_name(), cpu_cores=cpu_cores(),
       python=platform.python_version(), jax=jax.__version__,
-      jaxlib=getattr(jax.lib, "__version__", None) or _jaxlib_version(),
-      haiku=haiku.__version__, optax=optax.__version__, numpy=np.__version__,
+      jaxlib=jaxlib.__version__, haiku=hk.__version__, optax=optax.__version__,
+      numpy=np.__version__,
       xla_flags=os.environ.get("XLA_FLAGS", ""), load_average=list(os.getloadavg()))
-
-
-def _jaxlib_version() -> str:
-  try:
-    import jaxlib
-    return jaxlib.__version__
-  except Exception:  # pylint: disable=broad-except
-    return "unknown"
 
 
 def matmul_peak(n: Optional[int] = None, dtype: Optional[str] = None, repeats: int = 5) -> dict:
@@ -196,32 +208,40 @@ def _compiled_memory(compiled) -> Optional[dict]:
 # The measured steps.
 # ------------------------------------------------------------------------------------------
 def _accepts_impl(model: str) -> bool:
-  import inspect  # pylint: disable=import-outside-toplevel
-  from nfnets_jax import models  # pylint: disable=import-outside-toplevel
   try:
     return "grouped_conv_impl" in inspect.signature(models.get_info(model).constructor).parameters
   except (TypeError, ValueError):
     return False
 
 
-def _forward_fn(cfg: BenchConfig):
-  from nfnets_jax import models
+def _forward_fn(cfg: BenchConfig) -> hk.TransformedWithState:
   kwargs = dict(cfg.model_kwargs)
   if _accepts_impl(cfg.model):
     kwargs["grouped_conv_impl"] = cfg.grouped_conv_impl
   elif cfg.grouped_conv_impl != "auto":
     raise ValueError(f"Model {cfg.model!r} has no grouped_conv_impl argument; leave "
                      "grouped_conv_impl='auto' for it.")
+  return models.transform(cfg.model, cfg.num_classes, **kwargs)
 
-  def forward(images, is_training):
-    return models.create(cfg.model, cfg.num_classes, **kwargs)(images, is_training=is_training)
 
-  return hk.transform_with_state(forward)
+def engine_config(cfg: BenchConfig) -> ml_collections.ConfigDict:
+  """The fields of a training config that the engine's step builders read, for ``cfg``."""
+  return ml_collections.ConfigDict(dict(
+      compute_dtype=cfg.precision, label_smoothing=float(cfg.label_smoothing),
+      optimizer=ml_collections.ConfigDict(dict(name=cfg.optimizer_name)), ema_decay=None))
+
+
+def _build_tx(opt_config, batch: int) -> optax.GradientTransformation:
+  """``optim.build_optimizer`` at global batch ``batch``; the schedule's length only sets the
+  learning rate, not the cost of a step."""
+  return optim.build_optimizer(opt_config, batch_size=batch, steps_per_epoch=1000,
+                               total_steps=100_000)
 
 
 @dataclasses.dataclass
 class Step:
-  """A jitted step, its abstract arguments and a maker of concrete ones."""
+  """A jitted (eval) or pmapped (train) step, its abstract arguments and a maker of concrete
+  ones."""
   cfg: BenchConfig
   fn: Callable
   abstract_args: tuple
@@ -230,12 +250,9 @@ class Step:
 
 
 def build_step(cfg: BenchConfig) -> Step:
-  """The jitted train or eval step of ``cfg`` (no compilation, no parameter allocation)."""
+  """The train or eval step of ``cfg``, not compiled, no parameter allocated."""
   cfg.validate()
-  import optax  # pylint: disable=import-outside-toplevel
-  from nfnets_jax import optim  # pylint: disable=import-outside-toplevel
   transformed = _forward_fn(cfg)
-  compute_dtype = PRECISIONS[cfg.precision]
   shape = (cfg.batch, cfg.image_size, cfg.image_size, 3)
   images = jax.ShapeDtypeStruct(shape, jnp.float32)
   rng0 = jax.random.PRNGKey(0)
@@ -243,20 +260,17 @@ def build_step(cfg: BenchConfig) -> Step:
   def init_model(rng):
     return transformed.init(rng, jnp.zeros(shape, jnp.float32), True)
 
-  abstract_params, abstract_state = jax.eval_shape(init_model, rng0)
-
   def make_images_labels():
     x = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float32)
     lab = jax.random.randint(jax.random.PRNGKey(2), (cfg.batch,), 0, cfg.num_classes)
     return x, jax.nn.one_hot(lab, cfg.num_classes, dtype=jnp.float32)
 
   if cfg.mode == "eval":
+    eval_apply = engine_steps.make_eval_apply(transformed)
+
     def eval_step(params, state, x):
       with layers.folded_weights() if cfg.fold_ws else contextlib.nullcontext():
-        logits = transformed.apply(
-            engine_steps.cast_floats(params, compute_dtype), state, None,
-            x.astype(compute_dtype), False)[0]["logits"]
-      return logits.astype(jnp.float32)
+        return eval_apply(params, state, x)
 
     def make_args():
       params, state = jax.jit(init_model)(rng0)
@@ -265,48 +279,36 @@ def build_step(cfg: BenchConfig) -> Step:
             transformed, params, state, jnp.zeros((1, 32, 32, 3), jnp.float32))
       return params, state, make_images_labels()[0]
 
-    return Step(cfg, jax.jit(eval_step), (abstract_params, abstract_state, images), make_args,
-                carry=lambda args, out: args)
+    abstract = jax.eval_shape(init_model, rng0) + (images,)
+    return Step(cfg, jax.jit(eval_step), abstract, make_args, carry=lambda args, out: args)
 
-  opt_config = optim.default_optimizer_config()
-  opt_config.name = cfg.optimizer_name
-  tx = optim.build_optimizer(opt_config, batch_size=cfg.batch, steps_per_epoch=1000,
-                             total_steps=100_000)
-  abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
+  config = engine_config(cfg)
+  tx = _build_tx(config.optimizer, cfg.batch)
+  device = jax.local_devices()[0]
+  train_step = parallel.make_train_step(
+      engine_steps.make_grad_fn(transformed, config), engine_steps.make_update_fn(tx, config),
+      devices=[device])
 
-  def loss_fn(params, state, rng, x, labels):
-    outputs, new_state = transformed.apply(
-        engine_steps.cast_floats(params, compute_dtype), state, rng, x.astype(compute_dtype), True)
-    loss = engine_steps.smoothed_cross_entropy(outputs["logits"].astype(jnp.float32), labels, 0.1)
-    return loss, new_state
-
-  def train_step(params, state, opt_state, step, x, labels):
-    rng = jax.random.fold_in(jax.random.PRNGKey(3), step)
-    (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, state, rng, x, labels)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, new_state, opt_state, step + 1, loss
+  def make_state(rng):
+    params, model_state = init_model(rng)
+    return engine_steps.make_train_state(params, model_state, tx, rng, with_ema=False)
 
   def make_args():
-    params, state = jax.jit(init_model)(rng0)
-    opt_state = jax.jit(tx.init)(params)
     x, labels = make_images_labels()
-    return params, state, opt_state, jnp.asarray(0, jnp.int32), x, labels
+    return (parallel.replicate(jax.jit(make_state)(rng0), [device]),
+            parallel.shard({"images": x[None], "labels": labels[None]}, [device]))
 
-  abstract = (abstract_params, abstract_state, abstract_opt_state,
-              jax.ShapeDtypeStruct((), jnp.int32),
-              images, jax.ShapeDtypeStruct((cfg.batch, cfg.num_classes), jnp.float32))
-
-  def carry(args, out):
-    return out[:4] + args[4:]
-
-  return Step(cfg, jax.jit(train_step, donate_argnums=(0, 1, 2)), abstract, make_args, carry)
+  # pmap's arguments carry a leading axis of one slice per device.
+  per_device = lambda s: jax.ShapeDtypeStruct((1,) + tuple(s.shape), s.dtype)
+  abstract = jax.tree.map(per_device, (
+      jax.eval_shape(make_state, rng0),
+      {"images": images,
+       "labels": jax.ShapeDtypeStruct((cfg.batch, cfg.num_classes), jnp.float32)}))
+  return Step(cfg, train_step, abstract, make_args, carry=lambda args, out: (out[0], args[1]))
 
 
 def step_flops(cfg: BenchConfig) -> int:
   """FLOPs of one step of ``cfg`` under ``FLOP_CONVENTION``."""
-  from nfnets_jax.research import flops  # pylint: disable=import-outside-toplevel
   macs = flops.count_macs(cfg.model, cfg.image_size, cfg.num_classes, **cfg.model_kwargs)
   forward = 2 * macs * cfg.batch
   return 3 * forward if cfg.mode == "train" else forward
@@ -460,6 +462,7 @@ def _bench_builder_class():
   global _BUILDER_CLASS
   if _BUILDER_CLASS is not None:
     return _BUILDER_CLASS
+  # Lazy so that TFDS registers this builder only when the pipeline benchmark runs.
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
   class NfnetsBenchJpegs(tfds.core.GeneratorBasedBuilder):
@@ -497,7 +500,6 @@ def build_bench_dataset(data_dir: str, num_images: int = 256) -> str:
 
 def imagenet_train_config(dataset: str, data_dir: str, image_size: int = 192):
   """The F0 ImageNet train-pipeline config (facts section 5/6) pointed at ``dataset``."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
   return ml_collections.ConfigDict(dict(
       seed=0, dataset=dataset, data_dir=data_dir, train_split="train",
       train_image_size=image_size, train_preproc="inception_crop", normalization="imagenet",
@@ -516,8 +518,6 @@ def input_pipeline_benchmark(num_images: int = 256, batches: int = 10, batch: in
   streamed through the shuffle buffer, decode of the crop window only). The first batch (which
   fills the shuffle buffer and starts the threads) is not timed.
   """
-  import tempfile  # pylint: disable=import-outside-toplevel
-  from nfnets_jax import data  # pylint: disable=import-outside-toplevel
   owned = data_dir is None
   tmp = tempfile.TemporaryDirectory(prefix="nfnets_bench_") if owned else None
   data_dir = tmp.name if owned else data_dir
@@ -559,8 +559,6 @@ def optimizer_update_benchmark(cfg: BenchConfig, optimizers: Sequence[str] = ("s
   The AGC overhead of a training step is the difference of the two updates (the forward and
   backward passes are identical); this isolates it from the much larger and noisier step.
   """
-  import optax  # pylint: disable=import-outside-toplevel
-  from nfnets_jax import optim  # pylint: disable=import-outside-toplevel
   transformed = _forward_fn(cfg)
   shape = (1, cfg.image_size, cfg.image_size, 3)
   params, _ = jax.jit(lambda r: transformed.init(r, jnp.zeros(shape, jnp.float32), True))(
@@ -569,10 +567,7 @@ def optimizer_update_benchmark(cfg: BenchConfig, optimizers: Sequence[str] = ("s
                                                           p.dtype), params)
   runs = {}
   for name in optimizers:
-    opt_config = optim.default_optimizer_config()
-    opt_config.name = name
-    tx = optim.build_optimizer(opt_config, batch_size=cfg.batch, steps_per_epoch=1000,
-                               total_steps=100_000)
+    tx = _build_tx({"name": name}, cfg.batch)
 
     def update(p, s, g, tx=tx):
       u, s = tx.update(g, s, p)
@@ -606,9 +601,6 @@ def checkpoint_target_config(target: str, batch: int = 2):
   'demo': ``configs/fashion_mnist.py`` (nf_demo, batch 128, 28x28x1); 'f0':
   ``configs/nfnet.py:F0`` (192 px, 1000 classes, bfloat16 compute) at global batch ``batch``.
   """
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  import pathlib  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
   root = pathlib.Path(__file__).resolve().parents[2]
   sys.path.insert(0, str(root))
   name, arg = {"demo": ("fashion_mnist", None), "f0": ("nfnet", "F0")}[target]
@@ -637,10 +629,6 @@ def checkpoint_stall_benchmark(config, *, async_save: bool, saves: int = 3, wind
   it has ``checkpoint_every_steps`` steps to finish). Amortised = stall / (step time x
   ``config.checkpoint_every_steps``).
   """
-  import shutil  # pylint: disable=import-outside-toplevel
-  import tempfile  # pylint: disable=import-outside-toplevel
-  from nfnets_jax import data  # pylint: disable=import-outside-toplevel
-  from nfnets_jax.engine import parallel, train, validation  # pylint: disable=import-outside-toplevel
   config = config.copy_and_resolve_references()
   config.async_checkpointing = bool(async_save)
   setup = validation.validate_config(config)
@@ -698,14 +686,14 @@ def checkpoint_stall_benchmark(config, *, async_save: bool, saves: int = 3, wind
 # ------------------------------------------------------------------------------------------
 # timm side by side (torch is imported here, lazily, and nowhere else in the library).
 # ------------------------------------------------------------------------------------------
-TIMM_MODELS = {"nfnet_f0": "dm_nfnet_f0", "nfnet_f1": "dm_nfnet_f1", "nfnet_f2": "dm_nfnet_f2",
-               "nfnet_f3": "dm_nfnet_f3", "nfnet_f4": "dm_nfnet_f4", "nfnet_f5": "dm_nfnet_f5",
-               "nfnet_f6": "dm_nfnet_f6"}
+# Our model name -> timm's architecture of the same function (the registry's default).
+TIMM_MODELS = {name: models.get_info(name).timm_names[0] for name in models.list_models()
+               if models.get_info(name).timm_names}
 
 
 def timm_available() -> Optional[str]:
   """None when torch + timm import, else the reason."""
-  try:
+  try:  # Optional and heavy: only the timm comparison imports them.
     import timm  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   except Exception as e:  # pylint: disable=broad-except
@@ -714,15 +702,17 @@ def timm_available() -> Optional[str]:
 
 
 class TimmRunner(_Timed):
-  """timm's ``dm_*`` model, same batch/size/classes as ``cfg``, with the Runner interface.
+  """timm's ``TIMM_MODELS[cfg.model]``, same batch/size/classes as ``cfg``, Runner's interface.
 
-  train: ``model.train()``, label-smoothed (0.1) cross-entropy on the same kind of labels,
-  backward, ``timm.utils.adaptive_clip_grad`` (clip 0.01, eps 1e-3) on every parameter but the
-  classifier, then ``torch.optim.SGD(momentum=0.9, nesterov=True, weight_decay=2e-5)``.
-  eval: ``model.eval()`` under ``torch.inference_mode()``. float32, NCHW, torch threads = cores.
+  train: ``model.train()``, label-smoothed (``cfg.label_smoothing``) cross-entropy on the same
+  kind of labels, backward, ``timm.utils.adaptive_clip_grad`` (clip 0.01, eps 1e-3) on every
+  parameter but the classifier, then ``torch.optim.SGD(momentum=0.9, nesterov=True,
+  weight_decay=2e-5)``. eval: ``model.eval()`` under ``torch.inference_mode()``. float32, NCHW,
+  torch threads = cores.
   """
 
   def __init__(self, cfg: BenchConfig):
+    # Optional and heavy: only the timm comparison imports them.
     import timm  # pylint: disable=import-outside-toplevel
     import timm.utils  # pylint: disable=import-outside-toplevel
     import torch  # pylint: disable=import-outside-toplevel
@@ -760,7 +750,8 @@ class TimmRunner(_Timed):
       with torch.inference_mode():
         return self.model(self.x)
     self.opt.zero_grad(set_to_none=True)
-    loss = torch.nn.functional.cross_entropy(self.model(self.x), self.y, label_smoothing=0.1)
+    loss = torch.nn.functional.cross_entropy(self.model(self.x), self.y,
+                                             label_smoothing=self.cfg.label_smoothing)
     loss.backward()
     self.clip(self.clip_params, clip_factor=0.01, eps=1e-3)
     self.opt.step()

@@ -9,6 +9,7 @@ activations, pooling, normalization, weight standardization and biases are not c
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Callable, Union
 
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nfnets_jax import layers
+from nfnets_jax import models
 
 
 def _conv_macs(module, x, out) -> int:
@@ -59,36 +61,30 @@ def count_macs(model_name_or_fn: Union[str, Callable], image_size, num_classes: 
                **overrides) -> int:
   """Multiply-accumulates of a forward pass on one ``image_size`` RGB image (eval mode).
 
-  ``model_name_or_fn`` is a registered model name (``overrides`` go to its constructor) or a
-  function ``fn(images) -> outputs`` that builds and applies a Haiku model (it runs inside
-  ``hk.transform_with_state``). ``image_size`` is an int or ``(height, width)``.
-  ``include(module)`` may exclude modules (e.g. squeeze-excite) from the count.
+  ``model_name_or_fn`` is a registered model name (``overrides`` go to its constructor, traced
+  through ``models.transform``) or a function ``fn(images) -> outputs`` that builds and applies
+  a Haiku model (it runs inside ``hk.transform_with_state``). ``image_size`` is an int or
+  ``(height, width)``. ``include(module)`` may exclude modules (e.g. squeeze-excite) from the
+  count.
   """
   if isinstance(image_size, int):
     image_size = (image_size, image_size)
   if isinstance(model_name_or_fn, str):
-    from nfnets_jax import models  # Deferred: models import layers, not the reverse.
     info = models.get_info(model_name_or_fn)
     if "grouped_conv_impl" not in overrides and _accepts(info.constructor, "grouped_conv_impl"):
       overrides["grouped_conv_impl"] = "native"  # Faster to trace; MACs are the same.
-    name = model_name_or_fn
-
-    def fn(images):
-      return models.create(name, num_classes, **overrides)(images, is_training=False)
+    init = functools.partial(
+        models.transform(model_name_or_fn, num_classes, **overrides).init, is_training=False)
   else:
     if overrides:
       raise ValueError("overrides only apply to registered model names; bind them in fn.")
-    fn = model_name_or_fn
+    init = hk.transform_with_state(model_name_or_fn).init
 
   counter = {"macs": 0}
-
-  def forward(images):
-    with hk.intercept_methods(_count_interceptor(counter, include)):
-      return fn(images)
-
-  transformed = hk.transform_with_state(forward)
   images = jax.ShapeDtypeStruct((1,) + tuple(image_size) + (3,), jnp.float32)
-  jax.eval_shape(transformed.init, jax.random.PRNGKey(0), images)
+  # The interceptor stack is thread-local: it sees every module call of the trace below.
+  with hk.intercept_methods(_count_interceptor(counter, include)):
+    jax.eval_shape(init, jax.random.PRNGKey(0), images)
   return counter["macs"]
 
 

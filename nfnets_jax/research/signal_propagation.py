@@ -106,24 +106,28 @@ def measure(model_name: str, *, image_size: int = 64, batch: int = 16, num_class
   dropout). ``skip_gain=None`` keeps the parameters' init values.
   """
   info = models.get_info(model_name)
-  kwargs = dict(model_kwargs or {})
+  transformed = models.transform(model_name, num_classes, **(model_kwargs or {}))
   captured = {}
 
-  def forward(x, is_training):
-    model = models.create(model_name, num_classes, **kwargs)
-    captured["module"] = model
-    return model(x, is_training, return_metrics=True)
+  def with_metrics(next_f, args, kwargs, context):
+    """Asks the top-level model (no '/' in its name) for its per-block metrics."""
+    if context.method_name == "__call__" and "/" not in context.module.module_name:
+      captured["module"] = context.module
+      kwargs = dict(kwargs, return_metrics=True)
+    return next_f(*args, **kwargs)
 
-  transformed = hk.transform_with_state(forward)
   key_params, key_x, key_apply = jax.random.split(jax.random.PRNGKey(seed), 3)
   x = jax.random.normal(key_x, (batch, image_size, image_size, 3), jnp.float32)
   is_training = bool(info.has_state)
-  params, state = jax.jit(transformed.init, static_argnums=2)(key_params, x, is_training)
-  if skip_gain is not None:
-    params = hk.data_structures.map(
-        lambda mod, name, v: jnp.full_like(v, skip_gain) if name == "skip_gain" else v, params)
-  outputs, _ = jax.jit(transformed.apply, static_argnums=4)(params, state, key_apply, x,
-                                                            is_training)
+  # The interceptor stack is thread-local, so it acts while jit traces below.
+  with hk.intercept_methods(with_metrics):
+    params, state = jax.jit(transformed.init, static_argnums=2)(key_params, x, is_training)
+    if skip_gain is not None:
+      params = hk.data_structures.map(
+          lambda mod, name, v: jnp.full_like(v, skip_gain) if name == "skip_gain" else v,
+          params)
+    outputs, _ = jax.jit(transformed.apply, static_argnums=4)(params, state, key_apply, x,
+                                                              is_training)
   blocks = parse_block_metrics(outputs)
   module = captured.get("module")
   depths = _stage_depths(module)
@@ -162,6 +166,7 @@ def write_csv(results: Sequence[ModelSPP], path: str) -> None:
 def plot(results: Sequence[ModelSPP], path: str, title: Optional[str] = None) -> None:
   """Three log-scale panels over block index: avg squared channel mean, avg channel variance,
   residual-branch variance; the ideal NF variance dashed; stage-transition blocks as squares."""
+  # Heavy and optional (plots only): imported when plotting.
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel

@@ -22,6 +22,7 @@ import re
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
+import ml_collections
 import numpy as np
 
 from nfnets_jax import optim
@@ -185,7 +186,6 @@ def point_config(base_config, point: SweepPoint, *, bn_model: Optional[str] = No
             "The bn_resnet baseline needs a BatchNorm model name: pass --bn_model=NAME "
             "(a registry name with has_state=True, e.g. resnet50_bn).")
       config.model = bn_model
-      import ml_collections  # pylint: disable=import-outside-toplevel
       config.model_kwargs = ml_collections.ConfigDict(dict(bn_model_kwargs or {}))
       config.optimizer.name = "sgd"
     else:
@@ -214,7 +214,7 @@ def point_record(config, point: SweepPoint) -> Dict[str, Any]:
       "optimizer": str(opt.name),
       "lr": scaled_lr(config),
       "base_lr": float(opt.base_lr),
-      "global_clip_norm": (float(opt.get("global_clip_norm", 0.0) or 0.0)
+      "global_clip_norm": (float(optim.resolve_config(opt).global_clip_norm)
                            if point.kind == "global_norm" else None),
   }
 
@@ -645,12 +645,18 @@ def _columns(rows) -> List[str]:
   return cols
 
 
-def plot_accuracy_vs_clipping(rows: Sequence[dict], path):
-  """Final top-1 against the threshold (log x), one line per batch size; baselines dashed."""
+def _pyplot():
+  """matplotlib's pyplot on the file-only Agg backend."""
+  # Heavy and optional (plots only): imported when a plot is drawn.
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
 
+
+def plot_accuracy_vs_clipping(rows: Sequence[dict], path):
+  """Final top-1 against the threshold (log x), one line per batch size; baselines dashed."""
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.5))
   batches = sorted({r["batch_size"] for r in rows})
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -688,10 +694,7 @@ def plot_accuracy_vs_clipping(rows: Sequence[dict], path):
 
 def plot_heatmap(rows: Sequence[dict], path):
   """Heat map of top-1: batch size x threshold (+ baseline columns); diverged cells marked."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
+  plt = _pyplot()
   columns = _columns(rows)
   batches = sorted({r["batch_size"] for r in rows})
   by = {(r["batch_size"], _column_of(r)): r for r in rows}
@@ -728,10 +731,7 @@ def plot_heatmap(rows: Sequence[dict], path):
 
 def plot_clip_fraction(rows: Sequence[dict], path):
   """Mean fraction of units clipped against the threshold, one line per batch size."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for b in sorted({r["batch_size"] for r in rows}):
     pts = sorted((r for r in rows if r["batch_size"] == b and r["kind"] == "agc"

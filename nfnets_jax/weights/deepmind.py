@@ -12,28 +12,29 @@ The converted format is an ordinary ``.npz`` (read with ``allow_pickle=False``) 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import hashlib
+import inspect
 import io
 import json
 import os
 import pickle
-from typing import Any, Dict, Mapping, Optional, Tuple
+import zipfile
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from nfnets_jax.errors import CheckpointError, UnsafePickleError
+from nfnets_jax import models
+from nfnets_jax.errors import CheckpointError, CheckpointNotFoundError, UnsafePickleError
+from nfnets_jax.models import nfnet
 
-KNOWN_MD5 = {
-    "F0": "0a41039da1cb43adf47f1b7d86ddfe0f",
-    "F1": "c9126bbfaf855f9ddb7ff3b902558781",
-    "F2": "7a018d8d1498020e2f5a8719a1e7f53f",
-    "F3": "d8e1e78d26db659c486150dbaccbe78a",
-    "F4": "f5974a7e3388aa81b91a9f1403e759a4",
-    "F5": "8639e925de951030651ac775b9f915c3",
-    "F6": "b16cca40ac1ecec2bd5e3273866da0c1",
-}
-_VARIANT_BY_MD5 = {md5: variant for variant, md5 in KNOWN_MD5.items()}
+# DeepMind's released files by variant, read from the model records.
+KNOWN_MD5 = {info.kwargs["variant"]: w.md5 for info, w in models.published_weights(
+    "deepmind")}
+VARIANT_BY_MD5 = {md5: variant for variant, md5 in KNOWN_MD5.items()}
 
 NPZ_SEPARATOR = "//"
 NPZ_META_KEY = "__meta__"
@@ -151,7 +152,7 @@ def restricted_loads(data: bytes) -> Any:
 # ------------------------------------------------------------------------------------------
 # Expected trees and validation.
 # ------------------------------------------------------------------------------------------
-def expected_param_shapes(model_name: str, num_classes: int = 1000, channels: int = 3,
+def expected_param_shapes(model_name: str, num_classes: int = 1000, *, in_channels: int = 3,
                           **overrides) -> Dict[str, Dict[str, Tuple[int, ...]]]:
   """{module: {name: shape}} of a registered model taking ``channels``-channel images, from
   ``jax.eval_shape`` (no compute)."""
@@ -159,37 +160,28 @@ def expected_param_shapes(model_name: str, num_classes: int = 1000, channels: in
     key = tuple(sorted(overrides.items()))
     hash(key)
   except TypeError:  # Unhashable override (e.g. an initializer): no caching.
-    return _expected_param_shapes(model_name, num_classes, channels, **overrides)
-  tree = _expected_cached(model_name, num_classes, channels, key)
+    return _expected_param_shapes(model_name, num_classes, in_channels, **overrides)
+  tree = _expected_cached(model_name, num_classes, in_channels, key)
   return {m: dict(d) for m, d in tree.items()}
 
 
 @functools.lru_cache(maxsize=32)
-def _expected_cached(model_name, num_classes, channels, key):
-  return _expected_param_shapes(model_name, num_classes, channels, **dict(key))
+def _expected_cached(model_name, num_classes, in_channels, key):
+  return _expected_param_shapes(model_name, num_classes, in_channels, **dict(key))
 
 
-def _expected_param_shapes(model_name, num_classes, channels=3, **overrides):
-  import haiku as hk  # Deferred: keeps numpy-only uses of this module light.
-  import jax
-  import jax.numpy as jnp
-  from nfnets_jax import models
-
+def _expected_param_shapes(model_name, num_classes, in_channels, **overrides):
   info = models.get_info(model_name)
   if _accepts(info.constructor, "grouped_conv_impl"):
     overrides.setdefault("grouped_conv_impl", "native")  # Faster to trace; same shapes.
-
-  def forward(x):
-    return models.create(model_name, num_classes, **overrides)(x, is_training=False)
-
-  transformed = hk.transform_with_state(forward)
-  x = jax.ShapeDtypeStruct((1, 64, 64, channels), jnp.float32)
-  params, _ = jax.eval_shape(transformed.init, jax.random.PRNGKey(0), x)
+  transformed = models.transform(model_name, num_classes, **overrides)
+  x = jax.ShapeDtypeStruct((1, 64, 64, in_channels), jnp.float32)
+  params, _ = jax.eval_shape(lambda rng, x: transformed.init(rng, x, False),
+                             jax.random.PRNGKey(0), x)
   return {m: {n: tuple(a.shape) for n, a in d.items()} for m, d in params.items()}
 
 
 def _accepts(constructor, arg: str) -> bool:
-  import inspect
   try:
     return arg in inspect.signature(constructor).parameters
   except (TypeError, ValueError):
@@ -248,7 +240,7 @@ def _check_structure(obj: Any, source: str) -> Params:
 # ------------------------------------------------------------------------------------------
 # DeepMind pickles.
 # ------------------------------------------------------------------------------------------
-def _infer_variant(params: Params, prefix: str) -> str:
+def infer_variant(params: Params, prefix: str = "NFNet") -> str:
   """Guesses 'F{k}' or 'F{k}+' from the number of blocks and the stem width."""
   num_blocks = sum(1 for m in params
                    if m.startswith(f"{prefix}/~/nf_block") and "/~/" not in m[len(prefix) + 3:])
@@ -261,8 +253,8 @@ def _infer_variant(params: Params, prefix: str) -> str:
   return f"F{num_blocks // 12 - 1}" + ("+" if plus else "")
 
 
-def _model_name(variant: str) -> str:
-  from nfnets_jax.models import nfnet
+def registry_name(variant: str) -> str:
+  """Our registry name of DeepMind's variant 'F0'... ('F0+' -> 'nfnet_f0_plus')."""
   return "nfnet_" + nfnet.canonical_variant(variant).lower().replace("+", "_plus")
 
 
@@ -280,7 +272,7 @@ def load_deepmind_checkpoint(path, variant: Optional[str] = None, *,
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"No checkpoint at {path!r}.")
+    raise CheckpointNotFoundError(f"No checkpoint at {path!r}.")
   with open(path, "rb") as f:
     # Hash and unpickle through the same open file.
     md5 = file_md5(f)
@@ -289,9 +281,9 @@ def load_deepmind_checkpoint(path, variant: Optional[str] = None, *,
         raise CheckpointError(
             f"MD5 mismatch for {path}: the file has {md5}, expected {expected_md5}. The file is "
             "corrupt, truncated or not the one you meant; refusing to unpickle it.")
-    elif md5 in _VARIANT_BY_MD5:
-      known = _VARIANT_BY_MD5[md5]
-      if variant is not None and _model_name(variant) != _model_name(known):
+    elif md5 in VARIANT_BY_MD5:
+      known = VARIANT_BY_MD5[md5]
+      if variant is not None and registry_name(variant) != registry_name(known):
         raise CheckpointError(
             f"{path} is DeepMind's released NFNet-{known} checkpoint (by MD5), not "
             f"NFNet-{variant}.")
@@ -320,12 +312,12 @@ def load_deepmind_checkpoint(path, variant: Optional[str] = None, *,
           f"{type(e).__name__}: {e}") from None
   params = _check_structure(obj, path)
   if variant is None:
-    variant = _infer_variant(params, module_prefix)
+    variant = infer_variant(params, module_prefix)
   if num_classes is None:
     fc = params.get(f"{module_prefix}/~/linear", {}).get("b")
     num_classes = int(fc.shape[0]) if fc is not None else 1000
   if validate:
-    expected = expected_param_shapes(_model_name(variant), num_classes, **model_overrides)
+    expected = expected_param_shapes(registry_name(variant), num_classes, **model_overrides)
     if module_prefix != "NFNet":  # The registry's NFNet is named 'NFNet'.
       expected = {module_prefix + m[len("NFNet"):]: d for m, d in expected.items()}
     validate_params(params, expected, source=f"{path} (NFNet-{variant})")
@@ -335,15 +327,69 @@ def load_deepmind_checkpoint(path, variant: Optional[str] = None, *,
 # ------------------------------------------------------------------------------------------
 # Plain .npz (no pickle).
 # ------------------------------------------------------------------------------------------
-def save_params_npz(params: Mapping, path, metadata: Optional[dict] = None) -> None:
-  """Writes ``{module: {name: array}}`` as an ordinary ``.npz`` (no pickle inside)."""
+@dataclasses.dataclass
+class NpzMetadata:
+  """The record a converted ``.npz`` keeps beside its params (key ``__meta__``, JSON).
+
+  Written and read only through :func:`save_params_npz` / :func:`load_params_npz`, so its key
+  names are defined here once. ``model_name``/``model_overrides``: the architecture (our
+  registry name and the constructor arguments that differ from its defaults, e.g. timm's exact
+  GELU); ``num_classes``; ``timm_name``/``pretrained_cfg`` for weights that came from timm;
+  ``eval`` (an ``models.EvalRecipe`` as a dict) and ``class_names`` when known;
+  ``source``/``source_md5``: the file converted; ``top1``/``top1_img_size``: its published
+  accuracy.
+  """
+  model_name: Optional[str] = None
+  model_overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  num_classes: Optional[int] = None
+  timm_name: Optional[str] = None
+  pretrained_cfg: Optional[Dict[str, Any]] = None
+  eval: Optional[Dict[str, Any]] = None
+  class_names: Optional[List[str]] = None
+  source: Optional[str] = None
+  source_md5: Optional[str] = None
+  top1: Optional[float] = None
+  top1_img_size: Optional[int] = None
+  format: str = FORMAT_NAME
+
+  @classmethod
+  def from_dict(cls, meta: Mapping[str, Any], source: str = "metadata") -> "NpzMetadata":
+    """From a JSON record; JSON lists in ``model_overrides`` become tuples again."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(meta) - fields)
+    if unknown:
+      raise CheckpointError(f"{source}: unknown metadata field(s) {unknown}; known: "
+                            f"{sorted(fields)}.")
+    out = cls(**meta)
+    out.model_overrides = models.constructor_kwargs(out.model_overrides)
+    return out
+
+  def to_json(self) -> str:
+    record = dataclasses.asdict(self)
+    record["format"] = FORMAT_NAME
+    return json.dumps(record, sort_keys=True,
+                      default=lambda o: list(o) if isinstance(o, tuple) else str(o))
+
+  def recipe(self) -> Optional["models.EvalRecipe"]:
+    """The stored eval recipe, or None when the file has none."""
+    if not self.eval:
+      return None
+    e = dict(self.eval)
+    e["mean"], e["std"] = tuple(e["mean"]), tuple(e["std"])
+    return models.EvalRecipe(**e)
+
+
+def save_params_npz(params: Mapping, path, metadata=None) -> None:
+  """Writes ``{module: {name: array}}`` as an ordinary ``.npz`` (no pickle inside), with
+  ``metadata`` (an :class:`NpzMetadata`, or a dict of its fields)."""
+  if not isinstance(metadata, NpzMetadata):
+    metadata = NpzMetadata.from_dict(dict(metadata or {}), source=f"metadata for {path}")
   flat = {}
   for key, value in _flat_names(params).items():
     if key == NPZ_META_KEY:
       raise ValueError(f"Parameter name {key!r} collides with the metadata key.")
     flat[key] = np.asarray(value)
-  meta = dict(metadata or {}, format=FORMAT_NAME)
-  flat[NPZ_META_KEY] = np.array(json.dumps(meta, sort_keys=True))
+  flat[NPZ_META_KEY] = np.array(metadata.to_json())
   path = os.fspath(path)
   tmp = path + ".tmp"
   with open(tmp, "wb") as f:
@@ -351,7 +397,7 @@ def save_params_npz(params: Mapping, path, metadata: Optional[dict] = None) -> N
   os.replace(tmp, path)
 
 
-def load_params_npz(path) -> Tuple[Params, dict]:
+def load_params_npz(path) -> Tuple[Params, NpzMetadata]:
   """Reads a file written by :func:`save_params_npz`; returns (params, metadata)."""
   path = os.fspath(path)
   try:
@@ -359,11 +405,14 @@ def load_params_npz(path) -> Tuple[Params, dict]:
       flat = {k: data[k] for k in data.files}
   except ValueError as e:  # Object arrays need pickle: refused.
     raise CheckpointError(f"{path}: not a plain numeric .npz ({e}).") from None
-  except (OSError, EOFError, KeyError) as e:
+  except (OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
     raise CheckpointError(f"{path} is not a readable .npz ({type(e).__name__}: {e}).") from None
-  meta = {}
+  meta = NpzMetadata(format="")
   if NPZ_META_KEY in flat:
-    meta = json.loads(str(flat.pop(NPZ_META_KEY)))
+    try:
+      meta = NpzMetadata.from_dict(json.loads(str(flat.pop(NPZ_META_KEY))), source=path)
+    except (ValueError, TypeError) as e:
+      raise CheckpointError(f"{path}: its metadata is not readable ({e}).") from None
   params: Params = collections.defaultdict(dict)
   for key, value in flat.items():
     module, sep, name = key.rpartition(NPZ_SEPARATOR)
@@ -390,7 +439,6 @@ def load_params(path, model_name: Optional[str] = None, num_classes: Optional[in
   if not head.startswith(b"PK"):
     variant = None
     if model_name is not None:
-      from nfnets_jax.models import nfnet
       if not model_name.startswith("nfnet_f"):
         raise CheckpointError(
             f"{path} is a pickle (DeepMind format), which only exists for NFNet-F models, "
@@ -404,13 +452,12 @@ def load_params(path, model_name: Optional[str] = None, num_classes: Optional[in
   if not params:
     raise CheckpointError(f"{path} holds no parameters.")
   if model_name is None:
-    model_name = meta.get("model_name")
+    model_name = meta.model_name
   if model_name is not None and validate:
-    if meta.get("model_name") not in (None, model_name):
-      raise CheckpointError(
-          f"{path} holds {meta['model_name']} parameters, not {model_name}.")
-    if meta.get("model_name") == model_name:
-      overrides = {**meta.get("model_overrides", {}), **overrides}
+    if meta.model_name not in (None, model_name):
+      raise CheckpointError(f"{path} holds {meta.model_name} parameters, not {model_name}.")
+    if meta.model_name == model_name:
+      overrides = {**meta.model_overrides, **overrides}
     prefix = next(iter(params)).split("/")[0]
     if num_classes is None:
       fc = params.get(f"{prefix}/~/linear", {}).get("b")

@@ -64,7 +64,8 @@ import numpy as np
 from nfnets_jax import models
 from nfnets_jax.errors import CheckpointError
 from nfnets_jax.models.nfnet import NFNet
-from nfnets_jax.models.timm_variants import TIMM_NFNET_L_OPTIONS, TimmNFNet
+from nfnets_jax.models.nfnet_l import NFNetL
+from nfnets_jax.models.timm_variants import TimmNFNet
 
 try:  # A required dependency; kept importable without it so the error can say what to do.
   from safetensors import numpy as _safetensors_numpy
@@ -106,64 +107,36 @@ class TimmModel:
   top1_img_size: Optional[int]
 
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-# timm's dm_nfnet_*: DeepMind's NFNet with exact GELU and timm's standardization epsilon.
-_DM_OVERRIDES = dict(activation="gelu_exact", weight_std="timm")
-
-
-def _cfg(tag, size, test_size=None, crop_pct=0.9, crop_mode="center", test_crop_pct=None,
-         mean=_IMAGENET_MEAN, std=_IMAGENET_STD, pool=None, first_conv="stem.conv1"):
-  """A pretrained_cfg in the key order timm's save_for_hf writes."""
-  cfg = {"tag": tag, "custom_load": False, "input_size": [3, size, size]}
-  if test_size:
-    cfg["test_input_size"] = [3, test_size, test_size]
-  cfg.update(fixed_input_size=False, interpolation="bicubic", crop_pct=crop_pct)
-  if test_crop_pct is not None:
-    cfg["test_crop_pct"] = test_crop_pct
-  cfg.update(crop_mode=crop_mode, mean=list(mean), std=list(std), num_classes=1000,
-             pool_size=[pool, pool], first_conv=first_conv, classifier="head.fc",
-             license="apache-2.0")
+def pretrained_cfg(model_name: str, weights: models.Weights) -> Dict[str, Any]:
+  """timm's ``pretrained_cfg`` of a registry record's timm weights, in the key order timm's
+  save_for_hf writes it (timm 1.0.31 default_cfgs; tests compare it with real timm)."""
+  e = weights.eval
+  crop_pct = weights.timm_crop_pct if weights.timm_crop_pct is not None else e.crop_pct
+  size = weights.train_image_size
+  cfg = {"tag": weights.tag, "custom_load": False, "input_size": [3, size, size]}
+  if e.image_size != size:
+    cfg["test_input_size"] = [3, e.image_size, e.image_size]
+  cfg.update(fixed_input_size=False, interpolation=e.interpolation, crop_pct=crop_pct)
+  if e.crop_pct != crop_pct:
+    cfg["test_crop_pct"] = e.crop_pct
+  pool = size // 32
+  cfg.update(crop_mode=e.crop_mode, mean=list(e.mean), std=list(e.std),
+             num_classes=weights.num_classes, pool_size=[pool, pool],
+             first_conv=_first_conv(model_name), classifier="head.fc", license=weights.license)
   return cfg
 
 
-# pretrained_cfg: timm 1.0.31 timm/models/nfnet.py default_cfgs (as save_for_hf writes them).
-# top1: timm's results/results-imagenet.csv (pytorch-image-models, commit aa4b585), the row at
-# the test input size.
-_TABLE = [
-    # timm name, our model, overrides, cfg, top1, top1 image size
-    ("dm_nfnet_f0", "nfnet_f0", _DM_OVERRIDES,
-     _cfg("dm_in1k", 192, 256, 0.9, "squash", pool=6), 83.468, 256),
-    ("dm_nfnet_f1", "nfnet_f1", _DM_OVERRIDES,
-     _cfg("dm_in1k", 224, 320, 0.91, "squash", pool=7), 84.700, 320),
-    ("dm_nfnet_f2", "nfnet_f2", _DM_OVERRIDES,
-     _cfg("dm_in1k", 256, 352, 0.92, "squash", pool=8), 85.184, 352),
-    ("dm_nfnet_f3", "nfnet_f3", _DM_OVERRIDES,
-     _cfg("dm_in1k", 320, 416, 0.94, "squash", pool=10), 85.676, 416),
-    ("dm_nfnet_f4", "nfnet_f4", _DM_OVERRIDES,
-     _cfg("dm_in1k", 384, 512, 0.951, "squash", pool=12), 85.838, 512),
-    ("dm_nfnet_f5", "nfnet_f5", _DM_OVERRIDES,
-     _cfg("dm_in1k", 416, 544, 0.954, "squash", pool=13), 86.102, 544),
-    ("dm_nfnet_f6", "nfnet_f6", _DM_OVERRIDES,
-     _cfg("dm_in1k", 448, 576, 0.956, "squash", pool=14), 86.364, 576),
-    ("nfnet_l0", "nfnet_l0", TIMM_NFNET_L_OPTIONS,
-     _cfg("ra2_in1k", 224, 288, test_crop_pct=1.0, pool=7), 82.766, 288),
-    ("eca_nfnet_l0", "eca_nfnet_l0", TIMM_NFNET_L_OPTIONS,
-     _cfg("ra2_in1k", 224, 288, test_crop_pct=1.0, pool=7), 82.590, 288),
-    ("eca_nfnet_l1", "eca_nfnet_l1", TIMM_NFNET_L_OPTIONS,
-     _cfg("ra2_in1k", 256, 320, test_crop_pct=1.0, pool=8), 84.062, 320),
-    ("eca_nfnet_l2", "eca_nfnet_l2", TIMM_NFNET_L_OPTIONS,
-     _cfg("ra3_in1k", 320, 384, test_crop_pct=1.0, pool=10), 84.710, 384),
-    ("nf_regnet_b1", "timm_nf_regnet_b1", {},
-     _cfg("ra2_in1k", 256, 288, pool=8, first_conv="stem.conv"), 79.368, 288),
-    ("nf_resnet50", "timm_nf_resnet50", {},
-     _cfg("ra2_in1k", 256, 288, 0.94, pool=8, first_conv="stem.conv"), 80.658, 288),
-    ("test_nfnet", "timm_test_nfnet", {},
-     _cfg("r160_in1k", 160, None, 0.95, mean=(0.5,) * 3, std=(0.5,) * 3, pool=5), 47.634, 160),
-]
+def _first_conv(model_name: str) -> str:
+  """timm's name of the first conv: NFNets have a 4-conv stem, the ResNet-style ones one."""
+  return "stem.conv1" if models.get_info(model_name).constructor in (NFNet, NFNetL) \
+      else "stem.conv"
+
+
+# Every timm architecture with published weights in the model registry (one record per name).
 TIMM_MODELS: Dict[str, TimmModel] = {
-    name: TimmModel(name, model, dict(over), cfg, top1, size)
-    for name, model, over, cfg, top1, size in _TABLE}
+    w.timm_name: TimmModel(w.timm_name, info.name, dict(w.timm_overrides),
+                           pretrained_cfg(info.name, w), w.top1, w.metrics_image_size)
+    for info, w in models.published_weights("timm")}
 
 
 # ------------------------------------------------------------------------------------------
@@ -197,11 +170,18 @@ def read_torch_file(path) -> Dict[str, np.ndarray]:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise TimmWeightsError(f"{path}: no such file.")
+  with open(path, "rb") as f:
+    head = f.read(8)
+  # torch.save writes a zip archive ('PK'); older torch a pickle (0x80, protocol byte).
+  if not (head.startswith(b"PK") or (head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5)):
+    raise TimmWeightsError(
+        f"{path} is not a torch checkpoint (neither a zip archive nor a pickle; it starts with "
+        f"{head!r}) nor safetensors: check the path, or give timm's model.safetensors.")
   try:
     import torch  # pylint: disable=import-outside-toplevel  (optional, heavy)
   except ImportError:
     raise TimmWeightsError(
-        f"{path} is a torch pickle and reading it needs torch, which is not installed. "
+        f"{path} is a torch checkpoint and reading it needs torch, which is not installed. "
         "Install torch (e.g. scripts/install_timm_extra.sh) or use the model.safetensors file "
         "of the same weights.") from None
   try:
@@ -225,7 +205,7 @@ def read_torch_file(path) -> Dict[str, np.ndarray]:
   return out
 
 
-def _canonical(timm_name: str) -> str:
+def canonical_name(timm_name: str) -> str:
   """'dm_nfnet_f0.dm_in1k' / 'timm/dm_nfnet_f0' -> 'dm_nfnet_f0' (supported names only)."""
   name = str(timm_name)
   name = name.split("/")[-1].split(".")[0]
@@ -262,7 +242,7 @@ def read_hub_folder(folder) -> Tuple[str, int, dict, Dict[str, np.ndarray]]:
   arch = config.get("architecture") or pretrained_cfg.get("architecture")
   if not arch:
     raise TimmWeightsError(f"{config_path}: no 'architecture' field.")
-  timm_name = _canonical(arch)
+  timm_name = canonical_name(arch)
   num_classes = config.get("num_classes", pretrained_cfg.get("num_classes"))
   st_path = os.path.join(folder, SAFETENSORS_NAME)
   pt_path = os.path.join(folder, TORCH_WEIGHTS_NAME)
@@ -392,7 +372,7 @@ def _timm_name(rel: str, name: str, positions, se_prefix: str) -> Tuple[str, str
 
 
 def _resolve(timm_name: str, model_overrides: Optional[dict]):
-  name = _canonical(timm_name)
+  name = canonical_name(timm_name)
   info = TIMM_MODELS[name]
   kwargs = dict(info.overrides)
   kwargs.update(model_overrides or {})
@@ -521,7 +501,7 @@ def timm_name_for(model_name: str, model_kwargs: Optional[dict] = None) -> str:
 def hub_config(timm_name: str, num_classes: int, num_features: int,
                pretrained_cfg: Optional[Mapping[str, Any]] = None) -> dict:
   """The ``config.json`` timm's save_for_hf writes for this architecture and class count."""
-  name = _canonical(timm_name)
+  name = canonical_name(timm_name)
   cfg = json.loads(json.dumps(TIMM_MODELS[name].pretrained_cfg))
   for key, value in (pretrained_cfg or {}).items():
     cfg[key] = list(value) if isinstance(value, tuple) else value
@@ -540,14 +520,18 @@ def hub_config(timm_name: str, num_classes: int, num_features: int,
 
 def write_hub_folder(folder, timm_name: str, state_dict: Mapping[str, Any],
                      num_classes: Optional[int] = None,
-                     pretrained_cfg: Optional[Mapping[str, Any]] = None) -> str:
+                     pretrained_cfg: Optional[Mapping[str, Any]] = None,
+                     label_names: Optional[list] = None,
+                     extra: Optional[Mapping[str, Any]] = None) -> str:
   """Writes ``config.json`` + ``model.safetensors`` in timm's hub layout; returns the folder.
 
   ``pretrained_cfg`` entries override the architecture's defaults (e.g. ``mean``/``std`` of a
-  fine-tuned model).
+  fine-tuned model); ``label_names`` (one per class) go where timm's ``save_for_hf`` puts them
+  (timm moves them into ``pretrained_cfg`` on load); ``extra`` adds top-level keys that timm
+  ignores (our own metadata).
   """
   st = _require_safetensors()
-  name = _canonical(timm_name)
+  name = canonical_name(timm_name)
   found = num_classes_of(state_dict, f"{name} state dict")
   if num_classes is not None and int(num_classes) != found:
     raise TimmWeightsError(
@@ -555,6 +539,12 @@ def write_hub_folder(folder, timm_name: str, state_dict: Mapping[str, Any],
   num_features = int(np.shape(state_dict["head.fc.weight"])[1]) \
       if "head.fc.weight" in state_dict else 0
   config = hub_config(name, found, num_features, pretrained_cfg)
+  if label_names:
+    if len(label_names) != found:
+      raise TimmWeightsError(f"{len(label_names)} label names for {found} classes.")
+    config["label_names"] = [str(n) for n in label_names]
+  for key, value in (extra or {}).items():
+    config[key] = value
   folder = os.fspath(folder)
   os.makedirs(folder, exist_ok=True)
   tensors = {k: _contiguous(v) for k, v in state_dict.items()}

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from configs import nfnet  # noqa: E402
-from nfnets_jax.engine import checkpoint  # noqa: E402
+from nfnets_jax.weights import checkpoint  # noqa: E402
 from nfnets_jax.engine import train  # noqa: E402
 
 

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from nfnets_jax.engine import checkpoint
+from nfnets_jax.weights import checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TRAIN = str(ROOT / "experiments" / "train.py")

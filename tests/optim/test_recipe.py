@@ -1,4 +1,7 @@
-"""The optimizer recipe: schedule, full update rule vs float64 NumPy, accumulation, EMA."""
+"""The optimizer recipe: schedule, full update rule vs float64 NumPy, EMA.
+
+Gradient accumulation and skipping non-finite steps are the engine's: tests/engine/test_steps.py.
+"""
 import math
 
 import jax
@@ -62,9 +65,6 @@ def test_unknown_names_and_fields_are_clear_errors():
   with pytest.raises(ValueError, match="known schedules"):
     optim.learning_rate_schedule(_config(schedule="step"), batch_size=256, steps_per_epoch=1,
                                  total_steps=10)
-  with pytest.raises(ValueError, match="accumulation_steps"):
-    optim.build_optimizer(_config(), batch_size=256, steps_per_epoch=1, total_steps=10,
-                          accumulation_steps=0)
 
 
 def test_default_config_is_the_recipe():
@@ -74,8 +74,18 @@ def test_default_config_is_the_recipe():
       "sgd_agc", 0.1, 256, 5.0, "cosine")
   assert (cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.clipping, cfg.agc_eps) == (
       0.9, True, 2e-5, 0.01, 1e-3)
-  assert cfg.agc_exclude == "reference" and cfg.end_lr == 0.0 and not cfg.skip_nonfinite
+  assert cfg.agc_exclude == "reference" and cfg.end_lr == 0.0
   assert optim.peak_learning_rate(cfg, 4096) == pytest.approx(1.6)
+
+
+def test_uses_agc_and_resolved_defaults():
+  assert optim.uses_agc({}) and optim.uses_agc({"name": "sgd_agc"})
+  assert not optim.uses_agc({"name": "sgd"}) and not optim.uses_agc({"name": "sgd_global_clip"})
+  assert not optim.uses_agc({"name": "adamw", "clipping": 0.0})
+  assert optim.uses_agc({"name": "adamw", "clipping": 0.01})
+  # A partial config reads every other field from the one set of defaults.
+  cfg = optim.resolve_config({"name": "adamw"})
+  assert (cfg.clipping, cfg.agc_eps, cfg.agc_exclude) == (0.01, 1e-3, "reference")
 
 
 def test_learning_rate_schedule_values():
@@ -231,107 +241,19 @@ def test_adamw_matches_optax_adamw():
   assert not np.allclose(clipped["NFNet/~/stem_conv0"]["w"], ours["NFNet/~/stem_conv0"]["w"])
 
 
-# ---------------------------------------------------------------------------------------------
-# Accumulation and non-finite steps.
-
-
-def _mlp_params():
-  rng = np.random.default_rng(5)
-  return {"mlp/~/linear": {"w": jnp.asarray(rng.normal(size=(5, 8)) * 0.3, jnp.float32),
-                           "b": jnp.zeros(8)},
-          "mlp/~/linear_1": {"w": jnp.asarray(rng.normal(size=(8, 3)) * 0.3, jnp.float32),
-                             "b": jnp.zeros(3)}}
-
-
-def _loss(params, x, y):
-  h = jax.nn.relu(x @ params["mlp/~/linear"]["w"] + params["mlp/~/linear"]["b"])
-  logits = h @ params["mlp/~/linear_1"]["w"] + params["mlp/~/linear_1"]["b"]
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-
-def test_accumulation_equals_one_step_on_the_concatenated_batch():
-  k, micro = 4, 4
-  rng = np.random.default_rng(6)
-  xs = jnp.asarray(rng.normal(size=(2, k * micro, 5)), jnp.float32)  # two optimizer steps
-  ys = jnp.asarray(rng.integers(0, 3, size=(2, k * micro)))
-  cfg = _config(warmup_epochs=0.0, clipping=0.01, base_lr=0.5, lr_scale_batch=None)
-  grad_fn = jax.jit(jax.grad(_loss))
-  kwargs = dict(batch_size=k * micro, steps_per_epoch=1, total_steps=10)
-
-  big_tx = optim.build_optimizer(cfg, **kwargs)
-  big_params, big_state = _mlp_params(), None
-  big_state = big_tx.init(big_params)
-  for s in range(2):
-    u, big_state = big_tx.update(grad_fn(big_params, xs[s], ys[s]), big_state, big_params)
-    big_params = optax.apply_updates(big_params, u)
-
-  acc_tx = optim.build_optimizer(cfg, accumulation_steps=k, **kwargs)
-  params = _mlp_params()
-  state = acc_tx.init(params)
-  update = jax.jit(acc_tx.update)
-  for s in range(2):
-    for i in range(k):
-      sl = slice(i * micro, (i + 1) * micro)
-      before = params
-      u, state = update(grad_fn(params, xs[s, sl], ys[s, sl]), state, params)
-      params = optax.apply_updates(params, u)
-      if i < k - 1:  # nothing moves until the k-th micro-batch
-        for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(params)):
-          np.testing.assert_array_equal(a, b)
-  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(big_params)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(optim.get_learning_rate(state), optim.get_learning_rate(big_state))
-
-  # The test can fail: clipping each micro-batch and averaging is a different update.
-  p0 = _mlp_params()
-  clip = agc.adaptive_grad_clip(0.01).update
-  per_micro = [clip(grad_fn(p0, xs[0, i * micro:(i + 1) * micro],
-                            ys[0, i * micro:(i + 1) * micro]), None, p0)[0] for i in range(k)]
-  averaged = jax.tree.map(lambda *g: sum(g) / k, *per_micro)
-  full = clip(grad_fn(p0, xs[0], ys[0]), None, p0)[0]
-  assert not np.allclose(averaged["mlp/~/linear"]["w"], full["mlp/~/linear"]["w"], rtol=1e-3)
-
-
-def test_skip_nonfinite_leaves_params_unchanged():
-  params = _tree(2)
-  good = _tree(30, grad=True)
-  bad = jax.tree.map(lambda g: g, good)
-  bad["NFNet/~/stem_conv0"]["w"] = bad["NFNet/~/stem_conv0"]["w"].at[0, 0, 0, 0].set(jnp.nan)
-  kwargs = dict(batch_size=256, steps_per_epoch=1, total_steps=10)
-  cfg = _config(skip_nonfinite=True, warmup_epochs=0.0)
-  tx = optim.build_optimizer(cfg, **kwargs)
-  state = tx.init(params)
-  step = jax.jit(tx.update)
-  u, state = step(bad, state, params)
-  after_bad = optax.apply_updates(params, u)
-  for a, b in zip(jax.tree.leaves(after_bad), jax.tree.leaves(params)):
-    np.testing.assert_array_equal(a, b)
-  # The skipped step did not advance the schedule or the momentum; a good step then applies.
-  u_good, _ = step(good, state, params)
-  u_ref, _ = jax.jit(tx.update)(good, tx.init(params), params)
-  for a, b in zip(jax.tree.leaves(u_good), jax.tree.leaves(u_ref)):
-    np.testing.assert_array_equal(a, b)
-  assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(u_good))
-  # Without skip_nonfinite the NaN goes through.
-  plain = optim.build_optimizer(_config(warmup_epochs=0.0), **kwargs)
-  u_nan, _ = plain.update(bad, plain.init(params), params)
-  assert np.isnan(np.asarray(u_nan["NFNet/~/stem_conv0"]["w"])).any()
-
-
-def test_get_learning_rate_sees_through_wrappers():
+def test_get_learning_rate_follows_the_schedule():
   params = _tree(3)
-  cfg = _config(skip_nonfinite=True, warmup_epochs=1.0)
-  tx = optim.build_optimizer(cfg, batch_size=512, steps_per_epoch=4, total_steps=20,
-                             accumulation_steps=2)
+  cfg = _config(warmup_epochs=1.0)
+  tx = optim.build_optimizer(cfg, batch_size=512, steps_per_epoch=4, total_steps=20)
   state = tx.init(params)
   grads = _tree(40, grad=True)
   lrs = []
   step = jax.jit(tx.update)
-  for _ in range(6):  # 3 optimizer steps of 2 micro-batches
+  for _ in range(3):
     _, state = step(grads, state, params)
     lrs.append(float(optim.get_learning_rate(state)))
-  # Update t uses 0.2 * t / 4 during warm-up; the value shows after the step's last micro-batch.
-  np.testing.assert_allclose(lrs[1::2], [0.0, 0.05, 0.1], rtol=1e-6)
+  # Update t uses 0.2 * t / 4 during warm-up.
+  np.testing.assert_allclose(lrs, [0.0, 0.05, 0.1], rtol=1e-6)
   with pytest.raises(ValueError, match="learning_rate"):
     optim.get_learning_rate(optax.sgd(0.1).init(params))
 

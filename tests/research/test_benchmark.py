@@ -12,9 +12,13 @@ import sys
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
+from nfnets_jax import optim
+from nfnets_jax.engine import parallel
+from nfnets_jax.engine import steps
 from nfnets_jax.research import benchmark
 from nfnets_jax.research import flops
 from nfnets_jax.models import nfnet
@@ -124,6 +128,35 @@ def test_eval_mode_flops_and_compile_only(tmp_path):
   assert benchmark.step_flops(cfg) == 2 * macs * 3
 
 
+def test_train_step_is_the_engines():
+  """The timed step is the engine's: one step from the same state gives the same state."""
+  cfg = benchmark.BenchConfig(model="nf_demo_tiny", batch=4, image_size=16, num_classes=10)
+  step = benchmark.build_step(cfg)
+  state, batch = parallel.unreplicate(step.make_args())
+  runner = benchmark.Runner(step)  # compiled from the abstract arguments; runs one step
+  got = parallel.unreplicate(runner.args[0])
+
+  # The step train.build_run makes for a config with the recipe's label smoothing.
+  config = ml_collections.ConfigDict(dict(
+      model="nf_demo_tiny", compute_dtype="float32", label_smoothing=0.1, ema_decay=None,
+      optimizer=dict(name="sgd_agc")))
+  tx = optim.build_optimizer(config.optimizer, batch_size=4, steps_per_epoch=1000,
+                             total_steps=100_000)
+  devices = jax.local_devices()[:1]
+  train_step = parallel.make_train_step(
+      steps.make_grad_fn(steps.make_forward(config, 10), config),
+      steps.make_update_fn(tx, config), devices=devices)
+  want, _ = train_step(parallel.replicate(state, devices),
+                       parallel.shard(jax.tree.map(lambda x: x[None], batch), devices))
+  want = parallel.unreplicate(want)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert int(got["step"]) == 1 and int(got["nonfinite_count"]) == 0
+  # The gradient reached the optimizer: the momentum buffer is no longer zero.
+  assert any(np.any(x != 0) for x in jax.tree.leaves(got["opt_state"]) if np.ndim(x) > 1)
+
+
 def test_ratio_uses_interleaved_rounds():
   a = dict(name="a", images_per_s=2.0, step_time_median_s=4.0, step_times_s=[4.0, 6.0, 3.0])
   b = dict(name="b", images_per_s=4.0, step_time_median_s=2.0, step_times_s=[1.0, 3.0, 2.0])
@@ -137,6 +170,8 @@ def test_bad_configs_have_clear_errors():
     benchmark.BenchConfig(mode="infer").validate()
   with pytest.raises(ValueError, match="precision"):
     benchmark.BenchConfig(precision="fp8").validate()
+  with pytest.raises(ValueError, match="float32 like the engine's evaluation"):
+    benchmark.BenchConfig(mode="eval", precision="bfloat16").validate()
   with pytest.raises(ValueError, match="grouped_conv_impl"):
     benchmark.BenchConfig(grouped_conv_impl="fast").validate()
   with pytest.raises(ValueError, match="Unknown model"):
@@ -144,6 +179,12 @@ def test_bad_configs_have_clear_errors():
   with pytest.raises(ValueError, match="no grouped_conv_impl argument"):
     benchmark.build_step(benchmark.BenchConfig(
         model="nf_demo_tiny", grouped_conv_impl="split", image_size=16, num_classes=10))
+
+
+def test_timm_models_come_from_the_registry():
+  assert benchmark.TIMM_MODELS["nfnet_f0"] == "dm_nfnet_f0"
+  assert benchmark.TIMM_MODELS["eca_nfnet_l0"] == "eca_nfnet_l0"
+  assert "nf_demo_tiny" not in benchmark.TIMM_MODELS
 
 
 def test_matmul_peak_and_memory_report():

@@ -177,8 +177,8 @@ def test_converter_round_trip(tiny_params, tmp_path, capsys):
   assert main(argv + ["--md5", md5]) == 0
   params, meta = deepmind.load_params_npz(out)
   _assert_equal(params, tiny_params)
-  assert meta["model_name"] == "nfnet_f0" and meta["source_md5"] == md5
-  assert meta["model_overrides"] == TINY
+  assert meta.model_name == "nfnet_f0" and meta.source_md5 == md5
+  assert meta.model_overrides == TINY
   _assert_equal(deepmind.load_params(out, "nfnet_f0"), tiny_params)
 
 
@@ -187,7 +187,7 @@ def test_known_md5_identifies_variant(tiny_params, tmp_path, monkeypatch):
   # and a caller who expects another variant is told what the file is.
   path = tmp_path / "F0_haiku.npz"
   md5 = _write_dill(tiny_params, path)
-  monkeypatch.setitem(deepmind._VARIANT_BY_MD5, md5, "F0")
+  monkeypatch.setitem(deepmind.VARIANT_BY_MD5, md5, "F0")
   _assert_equal(deepmind.load_deepmind_checkpoint(path, **TINY), tiny_params)
   _assert_equal(deepmind.load_params(path, "nfnet_f0", **TINY), tiny_params)
   with pytest.raises(deepmind.CheckpointError, match="released NFNet-F0 checkpoint .*not "

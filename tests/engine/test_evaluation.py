@@ -1,7 +1,6 @@
 """Checkpoint evaluation: exact-once counting, DeepMind-format pickles, orbax raw/EMA, and
 clear errors for checkpoints of another variant."""
 import json
-import os
 import pathlib
 import sys
 
@@ -14,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from configs import default  # noqa: E402
-from nfnets_jax.engine import checkpoint  # noqa: E402
+from nfnets_jax.weights import checkpoint  # noqa: E402
 from nfnets_jax.weights import deepmind  # noqa: E402
 from nfnets_jax.engine import evaluation as ec  # noqa: E402
 from nfnets_jax.engine import imagenet_real  # noqa: E402
@@ -96,7 +95,7 @@ def test_orbax_checkpoint_reports_raw_and_ema(tmp_path):
   ckpt.close()
   rep = ec.evaluate_checkpoint(str(tmp_path / "work"), config, batch_size=16,
                                log=lambda s: None)
-  assert rep["kind"] == "orbax" and rep["step"] == 7
+  assert rep["kind"] == "workdir" and rep["step"] == 7
   assert sorted(rep["results"]) == ["ema", "raw"]
   assert rep["results"]["raw"]["top1"] == pytest.approx(_reference(config, params,
                                                                    transformed)[0])
@@ -123,7 +122,7 @@ def test_deepmind_format_pickle_loads_and_evaluates(tmp_path):
   with open(path, "wb") as f:  # the released files are dill pickles of {module: {name: array}}
     dill.dump({m: dict(d) for m, d in params.items()}, f)
   # An unknown file is refused before unpickling unless trusted (or its MD5 is given).
-  with pytest.raises(EvaluationError, match="trust"):
+  with pytest.raises(deepmind.CheckpointError, match="trust"):
     ec.evaluate_checkpoint(path, config, log=lambda s: None)
   md5 = deepmind.file_md5(path)
   rep = ec.evaluate_checkpoint(path, config, batch_size=16, expected_md5=md5,
@@ -137,13 +136,13 @@ def test_deepmind_format_pickle_loads_and_evaluates(tmp_path):
 
   # The same file against an F1 config: an error that names the missing blocks.
   f1 = _config("nfnet_f1", size=32, **TINY_NFNET)
-  with pytest.raises(EvaluationError, match=r"missing parameters: .*nf_block"):
+  with pytest.raises(deepmind.CheckpointError, match=r"missing parameters: .*nf_block"):
     ec.evaluate_checkpoint(path, f1, trust=True, log=lambda s: None)
 
 
 def test_bad_inputs_are_clear_errors(tmp_path):
   config = _config()
-  with pytest.raises(FileNotFoundError, match="No checkpoint at"):
+  with pytest.raises(FileNotFoundError, match="No weights at"):
     ec.evaluate_checkpoint(str(tmp_path / "nope"), config, log=lambda s: None)
   c = ec.eval_config(config, dataset="imagenet_v2")
   assert (c.dataset, c.eval_split, c.train_split) == ("imagenet_v2", "test", "test")
@@ -199,4 +198,22 @@ def test_cli_reports_a_missing_checkpoint(tmp_path):
        f"--checkpoint={tmp_path / 'missing.npz'}"],
       capture_output=True, text=True, cwd=root)
   assert proc.returncode == 1
-  assert "Error: No checkpoint at" in proc.stderr
+  assert "Error: No weights at" in proc.stderr
+
+
+def test_eval_sums_are_exact_once_with_masks():
+  logits = np.array([[3.0, 1.0, 2.0, 0.0, -1.0, -2.0],
+                     [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+                     [5.0, 4.0, 3.0, 2.0, 1.0, 0.0],
+                     [1.0, 1.0, 1.0, 1.0, 1.0, 9.0]], np.float32)
+  labels = np.array([0, 0, 2, 5], np.int32)
+  mask = np.array([1.0, 1.0, 1.0, 0.0], np.float32)  # the last row is padding
+  sum_fn = ec.make_sum_fn(lambda p, s, images: images)
+  sums = jax.jit(sum_fn)(None, None, {"images": logits, "labels": labels, "mask": mask})
+  # Row 0: rank 0 (top1, top5). Row 1: label logit 0.0 has rank 5 (not top5). Row 2: rank 2.
+  assert float(sums["top1"]) == 1.0
+  assert float(sums["top5"]) == 2.0
+  assert float(sums["count"]) == 3.0
+  lse = np.log(np.exp(logits[:3].astype(np.float64)).sum(-1))
+  expected = np.sum(lse - logits[np.arange(3), labels[:3]])
+  np.testing.assert_allclose(float(sums["loss"]), expected, rtol=1e-6)

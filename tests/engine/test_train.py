@@ -1,8 +1,10 @@
-"""The training engine, in process, on the deterministic synthetic dataset with a tiny NF model.
+"""The training engine (``engine/train.py``), in process, on the deterministic synthetic dataset
+with a tiny NF model.
 
 Equivalences (same global batch): 1 device vs 8 simulated devices, gradient accumulation 4 x B/4
-vs 1 x B; non-finite handling; SIGTERM save-and-resume; bfloat16 compute with float32 state;
-exact-once evaluation sums.
+vs 1 x B; non-finite handling; SIGTERM save-and-resume; bfloat16 compute with float32 state,
+against float32 training. Real processes: test_train_processes.py; mock ImageNet end to end:
+test_train_e2e.py.
 """
 import json
 import os
@@ -11,14 +13,12 @@ import signal
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from configs import synthetic  # noqa: E402
-from nfnets_jax.engine import checkpoint
-from nfnets_jax.engine import evaluation
+from nfnets_jax.weights import checkpoint
 from nfnets_jax.engine import steps
 from nfnets_jax.data import synthetic as synthetic_data
 from nfnets_jax.engine import train
@@ -105,23 +105,6 @@ def test_nonfinite_skip_drops_one_update(tmp_path):
   assert 0.0 <= summary["final"]["top1"] <= 1.0
 
 
-def test_refuses_to_save_nonfinite_params(tmp_path):
-  ckpt = checkpoint.Checkpointer(str(tmp_path))
-  good = {"params": {"w": np.ones(3, np.float32)}, "step": np.int32(1)}
-  assert ckpt.save(1, good)
-  with pytest.raises(checkpoint.NonFiniteCheckpointError):
-    ckpt.save(2, {"params": {"w": np.array([1.0, np.nan, 0.0], np.float32)},
-                  "step": np.int32(2)})
-  assert ckpt.latest_step() == 1
-  # An unfinished (temporary) orbax directory is never taken as the latest checkpoint.
-  os.makedirs(os.path.join(str(tmp_path), "5.orbax-checkpoint-tmp-1234567"))
-  ckpt.close()
-  ckpt = checkpoint.Checkpointer(str(tmp_path))
-  assert ckpt.latest_step() == 1
-  np.testing.assert_array_equal(ckpt.restore(good)["params"]["w"], np.ones(3))
-  ckpt.close()
-
-
 def test_sigterm_saves_and_resumes_to_the_same_result(tmp_path, monkeypatch):
   config = tiny_config(num_train_steps=6, checkpoint_every_steps=100)
   straight = str(tmp_path / "straight")
@@ -155,32 +138,45 @@ def test_sigterm_saves_and_resumes_to_the_same_result(tmp_path, monkeypatch):
                      rtol=1e-6, atol=1e-7)
 
 
-def test_bfloat16_compute_keeps_float32_state(tmp_path):
-  workdir = str(tmp_path / "bf16")
-  summary = train.train_and_evaluate(tiny_config(compute_dtype="bfloat16", num_train_steps=2),
-                                     workdir)
-  params = final_params(workdir)
-  assert all(x.dtype == np.float32 for x in jax.tree.leaves(params))
-  assert all(np.isfinite(l) for l in train_losses(workdir))
-  assert summary["final"]["count"] == 100
+def initial_params(config, workdir):
+  """The step-0 parameters of ``config`` (the same seed gives the same ones in every run)."""
+  from nfnets_jax.engine import validation
+  setup = validation.validate_config(config)
+  run = train.build_run(config, workdir, setup)
+  try:
+    return train.initial_state(run.forward, run.tx, run.config, setup.image_shape)["params"]
+  finally:
+    run.ckpt.close()
+    run.writer.close()
 
 
-def test_eval_sums_are_exact_once_with_masks():
-  logits = np.array([[3.0, 1.0, 2.0, 0.0, -1.0, -2.0],
-                     [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
-                     [5.0, 4.0, 3.0, 2.0, 1.0, 0.0],
-                     [1.0, 1.0, 1.0, 1.0, 1.0, 9.0]], np.float32)
-  labels = np.array([0, 0, 2, 5], np.int32)
-  mask = np.array([1.0, 1.0, 1.0, 0.0], np.float32)  # the last row is padding
-  sum_fn = evaluation.make_sum_fn(lambda p, s, images: images)
-  sums = jax.jit(sum_fn)(None, None, {"images": logits, "labels": labels, "mask": mask})
-  # Row 0: rank 0 (top1, top5). Row 1: label logit 0.0 has rank 5 (not top5). Row 2: rank 2.
-  assert float(sums["top1"]) == 1.0
-  assert float(sums["top5"]) == 2.0
-  assert float(sums["count"]) == 3.0
-  lse = np.log(np.exp(logits[:3].astype(np.float64)).sum(-1))
-  expected = np.sum(lse - logits[np.arange(3), labels[:3]])
-  np.testing.assert_allclose(float(sums["loss"]), expected, rtol=1e-6)
+def test_bfloat16_compute_keeps_float32_state_and_tracks_float32(tmp_path):
+  runs = {}
+  for dtype in ("bfloat16", "float32"):
+    workdir = str(tmp_path / dtype)
+    summary = train.train_and_evaluate(tiny_config(compute_dtype=dtype, num_train_steps=2),
+                                       workdir)
+    runs[dtype] = (train_losses(workdir), final_params(workdir), summary)
+  losses16, params16, summary16 = runs["bfloat16"]
+  losses32, params32, _ = runs["float32"]
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(params16))
+  assert all(np.isfinite(l) for l in losses16)
+  assert summary16["final"]["count"] == 100
+  # Against float32 training of the same config and seed. Measured (CPU, 2 steps): train losses
+  # within 4e-5 relative; the parameter updates (final - initial) within 1.2% of the float32
+  # updates' global norm and 17% of each tensor's own. Checked with margins of 4-12x: losses
+  # at 5e-4, the global update at 5%, each tensor at 50% (tensors that moved).
+  assert losses16 != losses32  # the bfloat16 run really computed in bfloat16
+  np.testing.assert_allclose(losses16, losses32, rtol=5e-4)
+  start = initial_params(tiny_config(num_train_steps=2), str(tmp_path / "init"))
+  err2 = norm2 = 0.0
+  for (path, p16), p32, p0 in zip(jax.tree_util.tree_leaves_with_path(params16),
+                                  jax.tree.leaves(params32), jax.tree.leaves(start)):
+    d16, d32 = (np.asarray(p, np.float64) - np.asarray(p0, np.float64) for p in (p16, p32))
+    err, norm = np.linalg.norm(d16 - d32), np.linalg.norm(d32)
+    err2, norm2 = err2 + err ** 2, norm2 + norm ** 2
+    assert err <= 0.5 * norm, (jax.tree_util.keystr(path), err / max(norm, 1e-300))
+  assert norm2 > 0 and np.sqrt(err2 / norm2) <= 0.05, np.sqrt(err2 / norm2)
 
 
 def test_eval_flip_averages_the_logits_of_the_left_right_mirror():
@@ -195,39 +191,3 @@ def test_eval_flip_averages_the_logits_of_the_left_right_mirror():
   np.testing.assert_array_equal(plain, images[:, 0, :, 0])
   np.testing.assert_array_equal(flipped, (images[:, 0, :, 0] + images[:, 0, ::-1, 0]) / 2)
   assert synthetic.get_config("tiny").eval_flip is False  # off unless a config asks
-
-
-def test_synthetic_global_batch_does_not_depend_on_layout():
-  c = tiny_config()
-  one = next(synthetic_data.train_iterator(c, per_device_batch=16, num_devices=1,
-                                           process_index=0, process_count=1))
-  parts = [next(synthetic_data.train_iterator(c, per_device_batch=2, num_devices=4,
-                                              process_index=p, process_count=2))
-           for p in range(2)]
-  merged = np.concatenate([p["images"].reshape((8,) + p["images"].shape[2:]) for p in parts])
-  np.testing.assert_array_equal(merged, one["images"][0])
-  # Resuming at step k gives the stream from 0 without its first k batches.
-  it = synthetic_data.train_iterator(c, per_device_batch=16, num_devices=1)
-  next(it)
-  second = next(it)
-  resumed = next(synthetic_data.train_iterator(c, per_device_batch=16, num_devices=1,
-                                               start_step=1))
-  np.testing.assert_array_equal(second["images"], resumed["images"])
-
-
-def test_console_line_and_duration_format():
-  import io
-  from nfnets_jax.engine import reporting
-  assert reporting.format_duration(3725) == "1h02m05s"
-  assert reporting.format_duration(65) == "1m05s"
-  assert reporting.format_duration(9.4) == "9s"
-  stream = io.StringIO()
-  console = reporting.Console(total_steps=100, batch_size=50, enabled=True, stream=stream)
-  console.log_train(40, {"loss": 0.51234, "top1": 0.8, "learning_rate": 0.1, "grad_norm": 1.5,
-                         "agc/frac_clipped": 0.125, "agc/max_ratio": 3.0}, images_per_sec=100.0)
-  # 60 steps left x 50 images / 100 images/s = 30 s.
-  assert stream.getvalue() == ("step 40/100 | loss 0.5123 | top1 0.800 | lr 0.1 | gnorm 1.5 | "
-                               "clipped 12.5% (max ratio 3) | 100 img/s | ETA 30s\n")
-  silent = io.StringIO()
-  reporting.Console(10, 1, enabled=False, stream=silent).print("x")
-  assert silent.getvalue() == ""

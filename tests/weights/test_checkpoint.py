@@ -23,7 +23,7 @@ from orbax.checkpoint._src.handlers import pytree_checkpoint_handler
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from configs import synthetic  # noqa: E402
 from nfnets_jax import pretrained  # noqa: E402
-from nfnets_jax.engine import checkpoint  # noqa: E402
+from nfnets_jax.weights import checkpoint  # noqa: E402
 from nfnets_jax.engine import train  # noqa: E402
 from nfnets_jax.errors import CheckpointSaveError  # noqa: E402
 from nfnets_jax.errors import NoReadableCheckpointError  # noqa: E402
@@ -161,8 +161,9 @@ def test_training_resumes_past_a_corrupt_checkpoint_bit_for_bit(tmp_path, capsys
 
   # Evaluation skips the damaged step with a warning and modifies nothing.
   capsys.readouterr()
-  loaded = pretrained.load_for_eval(workdir, config, num_classes=10)
-  assert loaded["step"] == 4
+  loaded = pretrained.load(workdir)
+  loaded.check_fits(config.model, 10, 3, config.model_kwargs)
+  assert loaded.step == 4
   assert "checkpoint 6" in capsys.readouterr().err
   assert sorted(os.listdir(directory)) == ["2", "4", "6"]
 
@@ -254,3 +255,20 @@ def test_async_save_snapshots_the_state_and_refuses_nonfinite(tmp_path):
   ckpt.close()
   assert step == 5
   _assert_equal(restored, _state(5, scale=5.0))
+
+
+def test_refuses_to_save_nonfinite_params(tmp_path):
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  good = {"params": {"w": np.ones(3, np.float32)}, "step": np.int32(1)}
+  assert ckpt.save(1, good)
+  with pytest.raises(checkpoint.NonFiniteCheckpointError):
+    ckpt.save(2, {"params": {"w": np.array([1.0, np.nan, 0.0], np.float32)},
+                  "step": np.int32(2)})
+  assert ckpt.latest_step() == 1
+  # An unfinished (temporary) orbax directory is never taken as the latest checkpoint.
+  os.makedirs(os.path.join(str(tmp_path), "5.orbax-checkpoint-tmp-1234567"))
+  ckpt.close()
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  assert ckpt.latest_step() == 1
+  np.testing.assert_array_equal(ckpt.restore(good)["params"]["w"], np.ones(3))
+  ckpt.close()
