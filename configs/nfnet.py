@@ -12,6 +12,9 @@ dropout per variant come from the model registry's record (``models.get_info('nf
 
 Deep variants compile their first step faster with ``--config.model_kwargs.scan_blocks=True``.
 ``configs/nfnet.py:F0,local``: a 10-step smoke run at 64 px, batch 16, float32 (runs on a CPU).
+Without ImageNet, the same run of the same recipe: ``F0,synthetic`` on the built-in synthetic
+set (4 classes; no augmentation, which it does not apply) or ``F0,folder`` on your images
+(``--config.data_dir=ROOT``, laid out as for fine-tuning, docs/finetuning.md).
 """
 import os
 import sys
@@ -24,7 +27,9 @@ from nfnets_jax.models import nfnet  # pylint: disable=g-import-not-at-top,wrong
 
 
 def get_config(arg=None):
-  variant, flags = default.parse_args(arg or "F0", known=("local",))
+  variant, flags = default.parse_args(arg or "F0", known=("local", "synthetic", "folder"))
+  if {"synthetic", "folder"} <= flags:
+    raise ValueError("Choose one of the options 'synthetic' and 'folder'.")
   variant = variant.upper()
   plus = variant.endswith("+")
   base = variant.rstrip("+")
@@ -46,4 +51,7 @@ def get_config(arg=None):
   c.augment.randaugment_magnitude = info.randaugment_magnitude
   if "local" in flags:
     default.apply_local(c)
+  for source in ("synthetic", "folder"):
+    if source in flags:
+      default.apply_local_data(c, source)
   return c

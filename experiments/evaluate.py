@@ -63,10 +63,11 @@ def main(argv):
   if config is None and not os.path.isdir(FLAGS.checkpoint):
     config = default.get_default()  # ImageNet validation; the weights bring their model
   engine.evaluate_checkpoint(
-      FLAGS.checkpoint, config, arch=FLAGS.arch, recipe=FLAGS.recipe, dataset=FLAGS.dataset, split=FLAGS.split,
-      image_size=FLAGS.image_size, batch_size=FLAGS.batch_size, data_dir=FLAGS.data_dir,
-      params={None: "all", True: "ema", False: "raw"}[FLAGS.use_ema], step=FLAGS.step, trust=FLAGS.trust_checkpoint,
-      expected_md5=FLAGS.checkpoint_md5, output=FLAGS.output)
+      FLAGS.checkpoint, config, arch=FLAGS.arch, recipe=FLAGS.recipe, dataset=FLAGS.dataset,
+      split=FLAGS.split, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
+      data_dir=FLAGS.data_dir, params={None: "all", True: "ema", False: "raw"}[FLAGS.use_ema],
+      step=FLAGS.step, trust=FLAGS.trust_checkpoint, expected_md5=FLAGS.checkpoint_md5,
+      output=FLAGS.output)
 
 
 if __name__ == "__main__":

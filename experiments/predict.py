@@ -22,7 +22,6 @@ from absl import flags  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from nfnets_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
-from nfnets_jax import predict  # noqa: E402  pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Weights: timm folder, .safetensors, DeepMind .npz, "
@@ -41,6 +40,8 @@ flags.mark_flags_as_required(["checkpoint"])
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError("Give one or more image paths after the flags.")
+  # Reading images imports TensorFlow: only here, so that --help and flag errors are quick.
+  from nfnets_jax import predict  # pylint: disable=g-import-not-at-top
   failed = predict.predict_files(
       FLAGS.checkpoint, argv[1:], arch=FLAGS.arch, top_k=FLAGS.top_k, as_json=FLAGS.json,
       batch_size=FLAGS.batch_size, ema=FLAGS.ema, trust=FLAGS.trust_checkpoint)

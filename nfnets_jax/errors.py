@@ -15,6 +15,13 @@ class UserError(Exception):
   """An expected error caused by the input; its message is the whole story."""
 
 
+def sentence(text) -> str:
+  """``text`` ending in one full stop: a message that already ends in one, joined into a longer
+  message with ``f"{sentence(e)} Next..."``, must not end up with '..'."""
+  text = str(text).rstrip()
+  return text if text.endswith((".", "!", "?")) else text + "."
+
+
 class ConfigError(UserError, ValueError):
   """A bad experiment config value; the message names the field and how to fix it."""
 
@@ -50,6 +57,14 @@ class NoReadableCheckpointError(CheckpointError, FileNotFoundError):
 
 class CheckpointSaveError(UserError, OSError):
   """Writing a checkpoint failed (disk full, permissions); earlier checkpoints are intact."""
+
+
+class SweepError(UserError, ValueError):
+  """A bad sweep grid: thresholds, batch sizes, baselines, a point index out of range."""
+
+
+class SweepNotFoundError(UserError, FileNotFoundError):
+  """A sweep directory holds no sweep points to collect (the sweep has not run there)."""
 
 
 class EvaluationError(UserError, ValueError):

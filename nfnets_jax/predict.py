@@ -36,8 +36,8 @@ def predict_files(source: str, paths: Sequence[str], *, arch: Optional[str] = No
                   batch_size: int = 16, ema: Optional[bool] = None, trust: bool = False,
                   out: TextIO = sys.stdout, err: TextIO = sys.stderr,
                   model: Optional[pretrained.Pretrained] = None) -> List[str]:
-  """Prints the top-k classes of every image in ``paths``; returns the paths that failed."""
-  k = top_k
+  """Prints the top-k classes of every image in ``paths`` (all classes, quietly, when ``top_k``
+  exceeds their number); returns the paths that failed."""
   model = model or pretrained.load(source, arch, params=pretrained.params_choice(ema), trust=trust)
   print(f"{model.name} ({model.kind}, {model.num_classes} classes) at {model.eval_image_size}px"
         f" with {model.eval_preproc}", file=err, flush=True)
@@ -50,7 +50,7 @@ def predict_files(source: str, paths: Sequence[str], *, arch: Optional[str] = No
       return
     probs = model.predict(batch_images)
     for path, p in zip(batch_paths, probs):
-      predictions = top_classes(model, p, k)
+      predictions = top_classes(model, p, top_k)
       if as_json:
         out.write(json.dumps({"path": path, "top_k": predictions}) + "\n")
       else:

@@ -285,7 +285,8 @@ def load(source: str, arch: Optional[str] = None, *, params: str = EMA_IF_ANY,
   (MD5-checked against the model records, or ``expected_md5``; ``trust=True`` for other files
   in that format); a converted ``.npz`` (architecture from its metadata); one of our training
   workdirs, its ``checkpoints/`` folder or one step folder (``step``: default the newest
-  readable checkpoint). ``params``: 'raw', 'ema' or 'ema_if_any' (the EMA parameters of a
+  readable checkpoint; a checkpoint folder without the workdir's ``run.json`` is read as
+  ``arch``, a registry name, with ``model_kwargs``). ``params``: 'raw', 'ema' or 'ema_if_any' (the EMA parameters of a
   workdir that kept them, else the raw ones); sources other than workdirs hold one set, 'raw'.
   ``model_kwargs``: constructor arguments of a non-standard architecture in a DeepMind pickle
   or an ``.npz`` (e.g. ``width``; rates are ignored), over those the file records. ``ema`` is
@@ -480,12 +481,14 @@ def _load_workdir(source, *, params, step, arch=None, shapes=None) -> Pretrained
                           "use the raw ones (params='raw', --noema / --nouse_ema).")
   chosen = EMA if params == EMA or (params == EMA_IF_ANY and EMA in sets) else RAW
   channels = int(run["channels"])
-  mean, std = run.get("mean"), run.get("std")
+  # The normalization the run trained with, in [0, 1] pixel units. run.json files written before
+  # it was always recorded hold None where the images went in unnormalized (the synthetic set,
+  # normalization='none'): mean 0 and std 1/255 is that identity.
+  mean = tuple(run["mean"]) if run.get("mean") else (0.0,) * channels
+  std = tuple(run["std"]) if run.get("std") else (1.0 / 255.0,) * channels
   recipe = models.EvalRecipe(
       int(run["eval_image_size"]), run.get("eval_preproc", "none"),
-      crop_pct=float(run.get("eval_crop_pct", 0.875)),
-      mean=tuple(mean) if mean else (0.0,) * channels,
-      std=tuple(std) if std else (1.0 / 255.0,) * channels)
+      crop_pct=float(run.get("eval_crop_pct", 0.875)), mean=mean, std=std)
   return _from_recipe(
       recipe, name=run["model"], model_kwargs=models.constructor_kwargs(run.get("model_kwargs")),
       num_classes=int(run["num_classes"]), params=sets[chosen],

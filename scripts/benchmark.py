@@ -18,90 +18,64 @@ grouped convolutions resolve to the native kernel there and the peak is a bf16 m
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from nfnets_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
 from nfnets_jax import models  # noqa: E402  pylint: disable=wrong-import-position
 from nfnets_jax.research import benchmark  # noqa: E402  pylint: disable=wrong-import-position
 
-
-def _csv(s: str) -> List[str]:
-  return [x.strip() for x in s.split(",") if x.strip()]
-
-
-def _kv(s: str):
-  """``key=value`` with the value parsed as JSON when possible (numbers, bools, null)."""
-  if "=" not in s:
-    raise argparse.ArgumentTypeError(f"--model_kw expects key=value, got {s!r}.")
-  k, v = s.split("=", 1)
-  try:
-    return k, json.loads(v)
-  except json.JSONDecodeError:
-    return k, v
-
-
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--model", default="nfnet_f0")
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--image_size", type=int, default=0,
-                 help="0 = the model's train size (train) or test size (eval).")
-  p.add_argument("--mode", default="train", choices=benchmark.MODES + ("checkpoint",),
-                 help="checkpoint: training stall per save, sync vs async (--ckpt_targets).")
-  p.add_argument("--ckpt_targets", type=_csv, default=["demo", "f0"],
-                 help="--mode=checkpoint: demo (configs/fashion_mnist.py, batch 128) and/or "
-                 "f0 (configs/nfnet.py:F0 at --batch), on synthetic data.")
-  p.add_argument("--ckpt_saves", type=int, default=3, help="--mode=checkpoint: saves timed.")
-  p.add_argument("--precision", default="float32", choices=tuple(benchmark.PRECISIONS),
-                 help="Compute dtype of the train step; eval runs in float32, as the engine's "
-                 "evaluation (steps.make_eval_apply).")
-  p.add_argument("--no_agc", action="store_true", help="Plain SGD ('sgd') instead of 'sgd_agc'.")
-  p.add_argument("--grouped_conv_impl", default="auto", choices=("auto", "native", "split"))
-  p.add_argument("--num_classes", type=int, default=1000)
-  p.add_argument("--model_kw", type=_kv, action="append", default=[],
-                 help="Model constructor override key=value (repeatable), e.g. width=0.25.")
-  p.add_argument("--steps", type=int, default=5, help="Timed steps (per variant).")
-  p.add_argument("--warmup", type=int, default=1, help="Untimed steps after the first call.")
-  p.add_argument("--compare", choices=("impl", "agc", "fold", "timm"), default=None,
-                 help="impl: native vs split grouped convs; agc: sgd_agc vs sgd; fold (eval): "
-                 "weight standardization folded once vs every forward; timm: ours vs timm's "
-                 "dm_* model (torch, lazily imported; eval: ours unfolded and folded). "
-                 "Interleaved.")
-  p.add_argument("--fold_ws", action="store_true",
-                 help="Eval: fold the weight standardization into the kernels once per "
-                 "parameter set (layers.fold_weight_standardization).")
-  p.add_argument("--update_rounds", type=int, default=20,
-                 help="--compare=agc: interleaved rounds of the update-only timing.")
-  p.add_argument("--sweep", action="store_true", help="Product of the --sweep_* lists.")
-  p.add_argument("--sweep_models", type=_csv, default=None)
-  p.add_argument("--sweep_batches", type=_csv, default=None)
-  p.add_argument("--sweep_modes", type=_csv, default=None)
-  p.add_argument("--sweep_impls", type=_csv, default=None)
-  p.add_argument("--compile_only", action="store_true",
-                 help="Lower and compile only (no parameters allocated, no steps run).")
-  p.add_argument("--no_peak", action="store_true", help="Skip the matmul peak measurement.")
-  p.add_argument("--peak_n", type=int, default=0, help="Matmul size for the peak (0 = auto).")
-  p.add_argument("--input_pipeline", action="store_true",
-                 help="Also measure the ImageNet train input pipeline on generated JPEGs.")
-  p.add_argument("--pipeline_images", type=int, default=256,
-                 help="Generated JPEGs for --input_pipeline.")
-  p.add_argument("--pipeline_batches", type=int, default=10, help="Timed batches.")
-  p.add_argument("--pipeline_only", action="store_true", help="Only the input pipeline.")
-  p.add_argument("--json", default=None, help="Write all results to this JSON file.")
-  args = p.parse_args(argv)
-  if args.batch < 1:
-    p.error(f"--batch must be >= 1, got {args.batch}.")
-  if args.steps < 1 or args.warmup < 0:
-    p.error("--steps must be >= 1 and --warmup >= 0.")
-  if args.compare and args.sweep:
-    p.error("--compare and --sweep are exclusive; run them separately.")
-  return args
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "nfnet_f0", "Registered model name.")
+flags.DEFINE_integer("batch", 8, "Batch size.", lower_bound=1)
+flags.DEFINE_integer("image_size", 0, "0 = the model's train size (train) or test size (eval).")
+flags.DEFINE_enum("mode", "train", list(benchmark.MODES) + ["checkpoint"],
+                  "checkpoint: training stall per save, sync vs async (--ckpt_targets).")
+flags.DEFINE_list("ckpt_targets", ["demo", "f0"],
+                  "--mode=checkpoint: demo (configs/fashion_mnist.py, batch 128) and/or f0 "
+                  "(configs/nfnet.py:F0 at --batch), on synthetic data.")
+flags.DEFINE_integer("ckpt_saves", 3, "--mode=checkpoint: saves timed.")
+flags.DEFINE_enum("precision", "float32", list(benchmark.PRECISIONS),
+                  "Compute dtype of the train step; eval runs in float32, as the engine's "
+                  "evaluation (steps.make_eval_apply).")
+flags.DEFINE_bool("no_agc", False, "Plain SGD ('sgd') instead of 'sgd_agc'.")
+flags.DEFINE_enum("grouped_conv_impl", "auto", ["auto", "native", "split"],
+                  "Grouped convolution implementation.")
+flags.DEFINE_integer("num_classes", 1000, "Classifier size.")
+cli.define_model_kw("model_kw", "--model")
+flags.DEFINE_integer("steps", 5, "Timed steps (per variant).", lower_bound=1)
+flags.DEFINE_integer("warmup", 1, "Untimed steps after the first call.", lower_bound=0)
+flags.DEFINE_enum("compare", None, ["impl", "agc", "fold", "timm"],
+                  "impl: native vs split grouped convs; agc: sgd_agc vs sgd; fold (eval): "
+                  "weight standardization folded once vs every forward; timm: ours vs timm's "
+                  "dm_* model (torch, lazily imported; eval: ours unfolded and folded). "
+                  "Interleaved.")
+flags.DEFINE_bool("fold_ws", False, "Eval: fold the weight standardization into the kernels "
+                  "once per parameter set (layers.fold_weight_standardization).")
+flags.DEFINE_integer("update_rounds", 20,
+                     "--compare=agc: interleaved rounds of the update-only timing.")
+flags.DEFINE_bool("sweep", False, "Product of the --sweep_* lists.")
+flags.DEFINE_list("sweep_models", None, "Models of --sweep (default: --model).")
+flags.DEFINE_list("sweep_batches", None, "Batch sizes of --sweep (default: --batch).")
+flags.DEFINE_list("sweep_modes", None, "Modes of --sweep (default: --mode).")
+flags.DEFINE_list("sweep_impls", None, "Grouped conv implementations of --sweep.")
+flags.DEFINE_bool("compile_only", False,
+                  "Lower and compile only (no parameters allocated, no steps run).")
+flags.DEFINE_bool("no_peak", False, "Skip the matmul peak measurement.")
+flags.DEFINE_integer("peak_n", 0, "Matmul size for the peak (0 = auto).")
+flags.DEFINE_bool("input_pipeline", False,
+                  "Also measure the ImageNet train input pipeline on generated JPEGs.")
+flags.DEFINE_integer("pipeline_images", 256, "Generated JPEGs for --input_pipeline.")
+flags.DEFINE_integer("pipeline_batches", 10, "Timed batches.")
+flags.DEFINE_bool("pipeline_only", False, "Only the input pipeline.")
+flags.DEFINE_string("json", None, "Write all results to this JSON file.")
 
 
 def _image_size(model: str, mode: str, requested: int) -> int:
@@ -117,7 +91,8 @@ def _precision(mode: str, requested: str) -> str:
 
 
 def build_configs(args) -> List[benchmark.BenchConfig]:
-  base = dict(num_classes=args.num_classes, model_kwargs=dict(args.model_kw))
+  """The configurations to measure; ``args``: the parsed flags."""
+  base = dict(num_classes=args.num_classes, model_kwargs=cli.model_kwargs(args))
   if args.sweep:
     cfgs = []
     for model in args.sweep_models or [args.model]:
@@ -137,12 +112,12 @@ def build_configs(args) -> List[benchmark.BenchConfig]:
             benchmark.BenchConfig(grouped_conv_impl="split", agc=not args.no_agc, **one)]
   if args.compare == "agc":
     if args.mode != "train":
-      raise SystemExit("--compare=agc needs --mode=train.")
+      raise app.UsageError("--compare=agc needs --mode=train.")
     return [benchmark.BenchConfig(grouped_conv_impl=args.grouped_conv_impl, agc=True, **one),
             benchmark.BenchConfig(grouped_conv_impl=args.grouped_conv_impl, agc=False, **one)]
   if args.compare == "fold" or (args.compare == "timm" and args.mode == "eval"):
     if args.mode != "eval":
-      raise SystemExit("--compare=fold needs --mode=eval.")
+      raise app.UsageError("--compare=fold needs --mode=eval.")
     return [benchmark.BenchConfig(grouped_conv_impl=args.grouped_conv_impl, fold_ws=False,
                                   **one),
             benchmark.BenchConfig(grouped_conv_impl=args.grouped_conv_impl, fold_ws=True, **one)]
@@ -173,7 +148,7 @@ def table(results: List[dict]) -> str:
   return "\n".join(rows)
 
 
-def checkpoint_main(args) -> dict:
+def checkpoint_main(args) -> None:
   """``--mode=checkpoint``: stall per save (sync vs async) as a fraction of a step; table + JSON."""
   results = []
   for target in args.ckpt_targets:
@@ -185,7 +160,8 @@ def checkpoint_main(args) -> dict:
   print("| target | save | state MiB | step ms | save call ms | stall ms | stall (steps) "
         "| every | amortised % of a step |\n|" + "---|" * 9)
   for r in results:
-    print(f"| {r['target']} ({r['model']}, b{r['batch']}) | {'async' if r['async_save'] else 'sync'}"
+    kind = "async" if r["async_save"] else "sync"
+    print(f"| {r['target']} ({r['model']}, b{r['batch']}) | {kind}"
           f" | {r['state_mb']:.1f} | {r['step_s'] * 1e3:.1f} | {r['save_call_s'] * 1e3:.1f} | "
           f"{r['stall_s'] * 1e3:.1f} | {r['stall_steps']:.2f} | {r['checkpoint_every_steps']} | "
           f"{100 * r['amortised_fraction']:.4f} |")
@@ -195,14 +171,22 @@ def checkpoint_main(args) -> dict:
     with open(args.json, "w") as f:
       json.dump(out, f, indent=1)
     print(f"wrote {args.json}")
-  return out
 
 
-def main(argv: Optional[List[str]] = None) -> dict:
-  args = parse_args(argv)
-  if args.mode == "checkpoint":
-    return checkpoint_main(args)
-  out = dict(machine=benchmark.machine_info(), argv=list(sys.argv if argv is None else argv),
+def main(argv: List[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.compare and FLAGS.sweep:
+    raise app.UsageError("--compare and --sweep are exclusive; run them separately.")
+  if FLAGS.mode == "checkpoint":
+    checkpoint_main(FLAGS)
+    return
+  measure_main(FLAGS)
+
+
+def measure_main(args) -> None:
+  """Peak, step timings and comparisons as the flags say: a table, JSON lines, ``--json``."""
+  out = dict(machine=benchmark.machine_info(), argv=list(sys.argv),
              flop_convention=benchmark.FLOP_CONVENTION, results=[], comparisons=[])
   print(f"backend {out['machine']['backend']} ({out['machine']['device_kind']}), "
         f"{out['machine']['cpu_model']}, {out['machine']['cpu_cores']} cores, "
@@ -219,10 +203,11 @@ def main(argv: Optional[List[str]] = None) -> dict:
     if args.compare == "timm":
       why = benchmark.timm_available()
       if why:
-        raise SystemExit(f"--compare=timm needs torch + timm ({why}); run "
-                         "`bash scripts/install_timm_extra.sh .venv/bin/python`.")
+        raise app.UsageError(f"--compare=timm needs torch + timm ({why}); run "
+                             "`bash scripts/install_timm_extra.sh .venv/bin/python`.")
       if args.model not in benchmark.TIMM_MODELS or args.precision != "float32":
-        raise SystemExit(f"--compare=timm: float32 and one of {sorted(benchmark.TIMM_MODELS)}.")
+        raise app.UsageError(
+            f"--compare=timm: float32 and one of {sorted(benchmark.TIMM_MODELS)}.")
       results = benchmark.measure_with_timm(
           cfgs, steps=args.steps, warmup=args.warmup, peak_flops=peak,
           log=lambda s: print(s, flush=True))
@@ -281,8 +266,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     with open(args.json, "w") as f:
       json.dump(out, f, indent=1)
     print(f"wrote {args.json}")
-  return out
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

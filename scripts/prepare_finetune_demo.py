@@ -1,6 +1,6 @@
 r"""Writes scikit-learn's handwritten digits as an image folder for the fine-tuning demo.
 
-    python scripts/prepare_finetune_demo.py --out=data/digits
+    python scripts/prepare_finetune_demo.py --out=data/finetune_demo
 
 ``sklearn.datasets.load_digits`` ships (offline, inside the scikit-learn package) 1,797 real
 8 x 8 grayscale scans of handwritten digits 0-9 (UCI "optdigits", 17 gray levels, white ink on
@@ -17,12 +17,22 @@ Needs ``scikit-learn`` and Pillow (installed with matplotlib); no network.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import sys
 
+from absl import app
+from absl import flags
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from nfnets_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", None, "Folder to write (OUT/train, OUT/test).")
+flags.DEFINE_integer("train_per_class", 30,
+                     "Training images per digit (the rest is the test split).")
+flags.mark_flag_as_required("out")
 
 SEED = 0
 SPLITS = ("train", "test")
@@ -32,7 +42,7 @@ def load():
   try:
     from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
   except ImportError:
-    sys.exit("Error: the demo dataset comes from scikit-learn: `pip install scikit-learn`.")
+    cli.fail("the demo dataset comes from scikit-learn: `pip install scikit-learn`.")
   digits = load_digits()
   images = np.rint(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
   return images, digits.target.astype(int)
@@ -46,8 +56,8 @@ def plan(labels: np.ndarray, train_per_class: int):
     idx = np.flatnonzero(labels == label)
     idx = idx[rng.permutation(len(idx))]
     if not 0 < train_per_class < len(idx):
-      sys.exit(f"Error: --train_per_class must be in [1, {len(idx) - 1}] (digit {label} has "
-               f"{len(idx)} images).")
+      raise app.UsageError(f"--train_per_class must be in [1, {len(idx) - 1}] (digit {label} "
+                           f"has {len(idx)} images).")
     out["train"] += [(int(i), label) for i in sorted(idx[:train_per_class])]
     out["test"] += [(int(i), label) for i in sorted(idx[train_per_class:])]
   return out
@@ -93,20 +103,17 @@ def write(out_dir: str, train_per_class: int = 30) -> dict:
   return dict(counts=counts, **stats)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--out", required=True, help="folder to write (OUT/train, OUT/test)")
-  parser.add_argument("--train_per_class", type=int, default=30,
-                      help="training images per digit (the rest is the test split)")
-  args = parser.parse_args(argv)
-  result = write(args.out, args.train_per_class)
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  result = write(FLAGS.out, FLAGS.train_per_class)
   counts = result["counts"]
-  print(f"Wrote scikit-learn digits (8x8 grayscale PNG, 10 classes '0'..'9') to {args.out}: "
-        f"train {counts['train']} ({args.train_per_class} per class), test {counts['test']}; "
+  print(f"Wrote scikit-learn digits (8x8 grayscale PNG, 10 classes '0'..'9') to {FLAGS.out}: "
+        f"train {counts['train']} ({FLAGS.train_per_class} per class), test {counts['test']}; "
         f"{result['written']} file(s) written, {result['unchanged']} unchanged, "
         f"{result['removed']} stale removed.")
-  print(f"Use it with --config.dataset=folder --config.data_dir={args.out}")
+  print(f"Use it with --config.dataset=folder --config.data_dir={FLAGS.out}")
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

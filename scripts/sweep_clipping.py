@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 r"""Clipping threshold x batch size sweep (AGC), resumable, with baselines and plots.
 
-Default grid: the embedded Fashion-MNIST demo, 3 batch sizes x 5 thresholds (15 short runs):
-  python scripts/sweep_clipping.py --config=configs/fashion_mnist.py \
+Default grid: 3 batch sizes (64, 256, 1024) x 5 thresholds (0.01, 0.04, 0.16, 0.64, none) = 15
+short runs of configs/fashion_mnist_sweep.py (the Fashion-MNIST demo shortened: nf_demo at widths
+32/64/128, one epoch per run, no EMA, lr = 0.4 * batch / 256):
+  python scripts/sweep_clipping.py --config=configs/fashion_mnist_sweep.py \
       --config.data_dir=data/tfds --workdir=workdirs/sweep
 
 A paper-style grid on ImageNet:
@@ -16,7 +18,6 @@ K-th point alone (``--list`` prints the grid), e.g. one cluster job per point; a
 ``scripts/sweep_clipping.py collect --workdir=DIR`` writes results.csv, results.md and the PNG
 plots (collection also runs at the end of a full sweep).
 """
-import json
 import os
 import sys
 
@@ -25,6 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from nfnets_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Base experiment config (configs/*.py[:arg]).",
@@ -38,8 +41,9 @@ flags.DEFINE_string("batch_sizes", "64,256,1024", "Comma-separated global batch 
 flags.DEFINE_string("baselines", "",
                     "Extra runs per batch size: none (plain SGD), global_norm "
                     "(sgd_global_clip at config.optimizer.global_clip_norm), bn_resnet.")
-flags.DEFINE_string("bn_model", "resnet26_bn", "Registered BatchNorm model for --baselines=bn_resnet.")
-flags.DEFINE_string("bn_model_kwargs", "{}", "JSON constructor overrides for --bn_model.")
+flags.DEFINE_string("bn_model", "resnet26_bn",
+                    "Registered BatchNorm model for --baselines=bn_resnet.")
+cli.define_model_kw("bn_model_kw", "--bn_model")
 flags.DEFINE_integer("only", None, "Run only the point with this 0-based index (see --list).")
 flags.DEFINE_bool("list", False, "Print the grid (index, name, batch, lr) and exit.")
 flags.DEFINE_bool("collect", False, "Only gather finished points into tables and plots.")
@@ -65,12 +69,9 @@ def main(argv):
     sweep.collect(FLAGS.workdir)
     return
   if FLAGS.config is None:
-    raise app.UsageError("--config is required, e.g. --config=configs/fashion_mnist.py")
-  try:
-    points = _grid()
-    bn_kwargs = json.loads(FLAGS.bn_model_kwargs)
-  except (ValueError, json.JSONDecodeError) as e:
-    raise app.UsageError(str(e)) from None
+    raise app.UsageError("--config is required, e.g. --config=configs/fashion_mnist_sweep.py")
+  points = _grid()
+  bn_kwargs = cli.model_kwargs(FLAGS, "bn_model_kw")
   if FLAGS.list:
     for p in points:
       cfg = sweep.point_config(FLAGS.config, p, bn_model=FLAGS.bn_model,
@@ -90,4 +91,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

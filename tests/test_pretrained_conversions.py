@@ -131,7 +131,7 @@ def test_deepmind_pickle_to_npz_to_load(tmp_path, capsys):
           "--model_kw", "group_width=4"]
   assert convert_deepmind_checkpoint.main(argv) == 1  # unknown MD5: refused without --trust
   err = capsys.readouterr().err
-  assert err.startswith("error: ") and "not one of DeepMind's released" in err
+  assert err.startswith("Error: ") and "not one of DeepMind's released" in err
   assert convert_deepmind_checkpoint.main(argv + ["--trust"]) == 0
   direct = pretrained.load(str(pickle_path), trust=True,
                            model_kwargs=dict(width=0.03125, group_width=4))

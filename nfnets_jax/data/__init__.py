@@ -6,7 +6,11 @@ tests and benchmarks), ``'folder'`` (your images in ``config.data_dir/<split>/<c
 by ``folder.py``'s TFDS builder through ``pipeline.py``) or any TFDS image classification
 dataset (``pipeline.py``: ImageNet with the paper's augmentations, Fashion-MNIST built offline
 by ``fashion_mnist.py``, ...). Imports nothing of the package but ``errors``.
+
+The TensorFlow-backed modules and the names they define are imported on first use (PEP 562
+``__getattr__``): importing this package, as every entry point does, costs no TensorFlow.
 """
+import importlib as _importlib
 import os as _os
 
 # TensorFlow only feeds the host here: keep its C++ INFO chatter (oneDNN banners) quiet unless
@@ -14,24 +18,38 @@ import os as _os
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from nfnets_jax.data import folder
-from nfnets_jax.data import pipeline
 from nfnets_jax.data import synthetic
-from nfnets_jax.data.pipeline import DatasetInfo
-from nfnets_jax.data.pipeline import eval_dataset
-from nfnets_jax.data.pipeline import list_supported
-from nfnets_jax.data.pipeline import shard_bounds
-from nfnets_jax.data.pipeline import train_dataset
 from nfnets_jax.errors import DatasetError
 from nfnets_jax.errors import DatasetNotFoundError
 from nfnets_jax.errors import UnknownDatasetError
 
 SYNTHETIC = synthetic.NAME
 
+# Modules that import TensorFlow or TFDS, and the public names taken from one of them.
+_TF_MODULES = ("fashion_mnist", "folder", "image_files", "mixing", "pipeline", "preprocessing",
+               "randaugment")
+_FROM_PIPELINE = ("DatasetInfo", "eval_dataset", "list_supported", "shard_bounds",
+                  "train_dataset")
+
+
+def __getattr__(name):
+  """Imports a TensorFlow-backed module (or a name of ``pipeline``) when first asked for."""
+  if name in _TF_MODULES:
+    return _importlib.import_module(f"{__name__}.{name}")
+  if name in _FROM_PIPELINE:
+    value = getattr(_importlib.import_module(f"{__name__}.pipeline"), name)
+    globals()[name] = value
+    return value
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_TF_MODULES) | set(_FROM_PIPELINE))
+
 
 def source(config):
   """The module that serves ``config.dataset``: ``synthetic`` or the TFDS ``pipeline``."""
-  return synthetic if config.dataset == SYNTHETIC else pipeline
+  return synthetic if config.dataset == SYNTHETIC else __getattr__("pipeline")
 
 
 def get_dataset_info(config):

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from nfnets_jax.errors import ConfigError, DatasetNotFoundError, UnknownDatasetError
+from nfnets_jax.errors import ConfigError, DatasetNotFoundError, UnknownDatasetError, sentence
 
 from nfnets_jax.data import folder
 from nfnets_jax.data import mixing
@@ -107,8 +107,8 @@ def _check_prepared(builder, split: str) -> str:
         f"TFDS dataset {builder.name!r} (split {split!r}) is not prepared: looked in "
         f"{builder.data_dir}. {_prepare_hint(builder.name, data_dir)}") from e
   except (ValueError, KeyError) as e:
-    raise ValueError(f"Bad split {split!r} for {builder.name}: {e}. Known splits: "
-                     f"{sorted(builder.info.splits)}") from e
+    raise ValueError(f"Bad split {split!r} for {builder.name}: {sentence(str(e))} Known "
+                     f"splits: {sorted(builder.info.splits)}.") from e
   return split
 
 

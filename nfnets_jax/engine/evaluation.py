@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
@@ -30,6 +29,7 @@ from nfnets_jax import models
 from nfnets_jax import pretrained
 from nfnets_jax.engine import imagenet_real
 from nfnets_jax.engine import parallel
+from nfnets_jax.engine import reporting
 from nfnets_jax.engine import steps
 from nfnets_jax.errors import CheckpointError, EvaluationError
 
@@ -80,6 +80,12 @@ def evaluate(eval_step: Callable, params, model_state, batches: Iterable,
     raise EvaluationError("The evaluation split has no (unmasked) examples.")
   return {"top1": totals["top1"] / count, "top5": totals["top5"] / count,
           "loss": totals["loss"] / count, "count": int(round(count))}
+
+
+def format_metrics(metrics: Dict[str, float]) -> str:
+  """``top1=0.9326 top5=0.9994 loss=0.2100``; top-5 only where ``metrics`` has it (it is left out
+  for 5 classes or fewer, where it is always 1)."""
+  return " ".join(f"{k}={metrics[k]:.4f}" for k in ("top1", "top5", "loss") if k in metrics)
 
 
 def eval_config(config, *, dataset: Optional[str] = None, split: Optional[str] = None,
@@ -202,9 +208,9 @@ def evaluate_checkpoint(path: str, config=None, *, arch: Optional[str] = None,
   and DeepMind's files with a ``config`` are evaluated as that config's model and recipe (for
   ``configs/nfnet.py:F*`` that is the reference's). The report (also written to ``output`` as
   JSON when given) holds the checkpoint, model, dataset, split, image size, example count and
-  ``results`` = {'raw'|'ema': {top1, top5, loss, count}}. ``params``: 'all' (every parameter
-  set the source holds: raw, and EMA when a workdir kept one), 'raw' or 'ema'; ``use_ema`` is
-  its older spelling (None / True / False).
+  ``results`` = {'raw'|'ema': {top1, top5 (with more than 5 classes), loss, count}}.
+  ``params``: 'all' (every parameter set the source holds: raw, and EMA when a workdir kept
+  one), 'raw' or 'ema'; ``use_ema`` is its older spelling (None / True / False).
   """
   t0 = time.time()
   if use_ema is not None:
@@ -227,10 +233,11 @@ def evaluate_checkpoint(path: str, config=None, *, arch: Optional[str] = None,
     num_classes = int(ds_info.num_classes)
     num_examples = int(ds_info.num_eval_examples)
     channels = int(ds_info.image_shape[-1])
-  model_info = models.get_info(c.model)
-  if int(c.eval_image_size) != model_info.test_image_size:
-    log(f"note: evaluating at {c.eval_image_size}px; {c.model}'s test resolution is "
-        f"{model_info.test_image_size}px.")
+  if int(c.eval_image_size) != int(model.eval_image_size):
+    # The size of the weights' own run or eval recipe, not the registry's default for c.model.
+    log(f"note: evaluating at {c.eval_image_size}px; the eval recipe of {path} uses "
+        f"{model.eval_image_size}px.")
+  top5 = num_classes > 5  # with 5 classes or fewer every label is in the top 5
   if model.num_classes != num_classes:
     raise EvaluationError(
         f"{path} has {model.num_classes} classes but {c.dataset} has {num_classes}: "
@@ -265,11 +272,11 @@ def evaluate_checkpoint(path: str, config=None, *, arch: Optional[str] = None,
     if is_real:
       largest = -(-num_examples // jax.process_count())
       num_batches = -(-largest // (per_device * len(devices)))
-      batches = imagenet_real.real_batches(c, real_examples, local_examples, per_device_batch=per_device,
-                             num_devices=len(devices), num_classes=num_classes,
-                             num_batches=num_batches)
-      metrics = imagenet_real.real_metrics(sum_over(eval_step, rparams, rstate,
-                                      _with_progress(batches, num_batches, log, label), devices))
+      batches = imagenet_real.real_batches(
+          c, real_examples, local_examples, per_device_batch=per_device,
+          num_devices=len(devices), num_classes=num_classes, num_batches=num_batches)
+      metrics = imagenet_real.real_metrics(sum_over(
+          eval_step, rparams, rstate, _with_progress(batches, num_batches, log, label), devices))
       if metrics["seen"] != num_examples:
         raise EvaluationError(f"Saw {metrics['seen']} examples but the split has "
                               f"{num_examples}.")
@@ -279,14 +286,14 @@ def evaluate_checkpoint(path: str, config=None, *, arch: Optional[str] = None,
       continue
     batches = data.eval_iterator(c, per_device_batch=per_device, num_devices=len(devices))
     metrics = evaluate(eval_step, rparams, rstate,
-                                  _with_progress(batches, num_batches, log, label),
-                                  devices=devices)
+                       _with_progress(batches, num_batches, log, label), devices=devices)
     if metrics["count"] != num_examples:
       raise EvaluationError(f"Counted {metrics['count']} examples but the split has "
                             f"{num_examples}; the eval iterator is broken.")
+    if not top5:
+      del metrics["top5"]
     results[label] = metrics
-    log(f"{label}: top1={metrics['top1']:.4f} top5={metrics['top5']:.4f} "
-        f"loss={metrics['loss']:.4f} ({metrics['count']} examples)")
+    log(f"{label}: {format_metrics(metrics)} ({metrics['count']} examples)")
   report = {
       "checkpoint": os.path.abspath(path),
       "kind": loaded["kind"],
@@ -308,6 +315,6 @@ def evaluate_checkpoint(path: str, config=None, *, arch: Optional[str] = None,
   if output:
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w") as f:
-      json.dump(report, f, indent=2, default=str)
+      reporting.dump_json(report, f, indent=2)
     log(f"wrote {output}")
   return report

@@ -1,7 +1,8 @@
 """ImageNet-ReaL (Beyer et al. 2020): multi-label top-1 / top-5 over the validation images.
 
 A prediction is right when it is one of the example's real labels; examples without any real
-label are left out of the count, as in the ReaL protocol.
+label are left out of the count, as in the ReaL protocol. TensorFlow and TFDS are imported only
+when ReaL data is read (the engine imports this module at start-up).
 """
 from __future__ import annotations
 
@@ -9,11 +10,8 @@ from typing import Any, Callable, Dict, Optional
 
 import jax
 import jax.numpy as jnp
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from nfnets_jax.data import preprocessing
-from nfnets_jax.data import shard_bounds
+from nfnets_jax import data
 from nfnets_jax.errors import EvaluationError
 
 REAL_DATASET = "imagenet2012_real"
@@ -28,12 +26,12 @@ def real_batches(config, examples, num_examples: int, *, per_device_batch: int,
   ``num_examples`` examples once, padded to ``num_batches`` batches (default: as few as fit;
   multi-process runs pass the largest shard's count so that every process yields as many).
   """
-
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   size = int(config.eval_image_size)
   preproc = config.get("eval_preproc", "resize_crop_32")
   crop_pct = float(config.get("eval_crop_pct", 0.875))
   channels = 3
-  norm = preprocessing.config_normalization(config, channels)
+  norm = data.preprocessing.config_normalization(config, channels)
   batch = per_device_batch * num_devices
   if num_batches is None:
     num_batches = max(1, -(-num_examples // batch))
@@ -41,7 +39,7 @@ def real_batches(config, examples, num_examples: int, *, per_device_batch: int,
     raise ValueError(f"{num_batches} batches of {batch} cannot hold {num_examples} examples.")
 
   def prep(ex):
-    image = preprocessing.eval_preprocess(ex["image"], preproc, size, channels, crop_pct)
+    image = data.preprocessing.eval_preprocess(ex["image"], preproc, size, channels, crop_pct)
     labels = tf.cast(ex["real_label"], tf.int32)
     real = tf.minimum(tf.reduce_sum(tf.one_hot(labels, num_classes), axis=0), 1.0)
     return image, real, tf.constant(1.0)
@@ -54,16 +52,17 @@ def real_batches(config, examples, num_examples: int, *, per_device_batch: int,
 
   def finish(images, real, mask):
     if norm is not None:
-      images = preprocessing.normalize(images, *norm) * mask[:, None, None, None]
+      images = data.preprocessing.normalize(images, *norm) * mask[:, None, None, None]
     return {"images": tf.reshape(images, [num_devices, per_device_batch, size, size, channels]),
             "real": tf.reshape(real, [num_devices, per_device_batch, num_classes]),
             "mask": tf.reshape(mask, [num_devices, per_device_batch])}
 
-  return iter(tfds.as_numpy(ds.map(finish).prefetch(2)))
+  return ds.map(finish).prefetch(2).as_numpy_iterator()
 
 
 def real_tfds_examples(config):
   """(this process's shard of the ReaL split as tf.data, its size, the split's total size)."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   split = config.eval_split
   builder = tfds.builder(config.dataset, data_dir=config.get("data_dir", None))
   try:
@@ -80,7 +79,7 @@ def real_tfds_examples(config):
   elif "[" in split:
     raise EvaluationError(f"A sliced split ({split!r}) is only supported on one process.")
   else:
-    start, end = shard_bounds(total, jax.process_index(), jax.process_count())
+    start, end = data.shard_bounds(total, jax.process_index(), jax.process_count())
     split = f"{split}[{start}:{end}]"
   ds = builder.as_dataset(split=split, shuffle_files=False,
                           decoders={"image": tfds.decode.SkipDecoding()})

@@ -1,6 +1,7 @@
 """Where metrics go: the console (with images/s and ETA), ``metrics.jsonl`` and TensorBoard.
 
 Only process 0 writes; on other processes every method is a no-op, so callers need no checks.
+Every JSON file holds numbers as numbers: NaN/Inf as ``null`` (``json_value``, ``dump_json``).
 """
 from __future__ import annotations
 
@@ -27,6 +28,28 @@ def format_duration(seconds: float) -> str:
   if m:
     return f"{m}m{s:02d}s"
   return f"{s}s"
+
+
+def json_value(value):
+  """``value`` as strict JSON holds it: numpy scalars and arrays as Python numbers and lists,
+  NaN and Inf as None (``null``). A bare NaN is not JSON (strict readers reject the file) and a
+  number written as the string "nan" is no longer a number."""
+  if isinstance(value, dict):
+    return {str(k): json_value(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_value(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return json_value(value.tolist())
+  if isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def dump_json(obj, stream, **kwargs) -> None:
+  """``json.dump`` of ``json_value(obj)``; other objects (a config) are written as strings."""
+  json.dump(json_value(obj), stream, allow_nan=False, default=str, **kwargs)
 
 
 def _scalar(value) -> float:
@@ -60,8 +83,8 @@ class MetricWriter:
       return
     scalars = {k: _scalar(v) for k, v in metrics.items()}
     record = {"step": int(step), "split": split, "time": time.time()}
-    record.update({k: (v if math.isfinite(v) else str(v)) for k, v in scalars.items()})
-    self._jsonl.write(json.dumps(record) + "\n")
+    record.update(json_value(scalars))
+    self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
     self._jsonl.flush()
     if self._use_tb:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top

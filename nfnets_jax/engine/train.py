@@ -1,9 +1,11 @@
 """``train_and_evaluate(config, workdir)``: the training loop of every experiment.
 
-One run, top to bottom: validate the config (before anything compiles), build the run (model,
-optimizer, pmapped steps, writers, checkpointer), restore the newest readable checkpoint of
-``workdir`` or initialise, loop over train steps (logging, periodic eval, checkpoints, SIGTERM),
-evaluate the raw and EMA parameters, write ``summary.json`` and print ``final: top1=...``.
+One run, top to bottom: validate the config (before anything compiles), check a previous run
+in ``workdir`` (a resume must keep its schedule; a finished run is not evaluated again unless
+``config.eval_on_finished``), build the run (model, optimizer, pmapped steps, writers,
+checkpointer), restore the newest readable checkpoint of ``workdir`` or initialise, loop over
+train steps (logging, periodic eval, checkpoints, SIGTERM), evaluate the raw and EMA parameters,
+write ``summary.json`` and print ``final: top1=...``.
 
 Numerics live in ``steps.py``; devices in ``parallel.py``; saving and restoring in
 ``checkpoint.py``; console, ``metrics.jsonl`` and TensorBoard in ``reporting.py``. Non-finite
@@ -30,7 +32,6 @@ import numpy as np
 from nfnets_jax import data
 from nfnets_jax import optim
 from nfnets_jax import pretrained
-from nfnets_jax.data import preprocessing
 from nfnets_jax.engine import checkpoint
 from nfnets_jax.engine import evaluation
 from nfnets_jax.engine import finetune
@@ -41,6 +42,9 @@ from nfnets_jax.engine import validation
 from nfnets_jax.errors import NonFiniteLossError
 
 __all__ = ["NonFiniteLossError", "train_and_evaluate"]
+
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_DIR = "checkpoints"
 
 
 @dataclasses.dataclass
@@ -80,19 +84,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   The summary (also written to ``workdir/summary.json``) has ``final`` (raw params: top1, top5,
   loss) and ``final_ema`` (EMA params, when ``ema_decay`` is set), ``steps``, timings, images/s,
-  ``preempted`` (True when SIGTERM ended the run early after saving) and the config.
+  ``preempted`` (True when SIGTERM ended the run early after saving) and the config. A finished
+  run (its final checkpoint and summary in ``workdir``) returns its saved summary.
   """
   t_start = time.time()
   config, source = finetune.resolve_config(config)  # config.init_from: pretrained weights
   setup = validation.validate_config(config)  # before anything is compiled
   validation.check_workdir(workdir)
+  finished = check_previous_run(config, setup, workdir)
+  if finished is not None:
+    reporting.Console(setup.total_steps, int(config.batch_size)).print(
+        finished_line(workdir, finished, setup.num_classes))
+    return finished
   run = build_run(config, workdir, setup)
   write_run_file(run)
   try:
+    num_params = count_params(run)  # said before the initialisation compiles, not after
+    run.console.print(describe_run(run, num_params))
+    warning = validation.warmup_warning(config, setup)
+    if warning:
+      run.console.print(warning)
     state = restore_or_init(run, source)
     start_step = int(state["step"])
-    num_params = int(sum(np.size(x) for x in jax.tree.leaves(state["params"])))
-    run.console.print(describe_run(run, num_params))
     rstate = parallel.replicate(state, run.devices)
     rstate, result = train_loop(run, rstate, start_step)
     if not result.preempted:
@@ -107,6 +120,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                          nonfinite_steps=nonfinite, total_seconds=time.time() - t_start)
   write_summary(run, summary)
   return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# A previous run in the workdir.
+
+
+def _latest_checkpoint_step(workdir: str) -> Optional[int]:
+  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  if not os.path.isdir(directory):
+    return None
+  ckpt = checkpoint.Checkpointer(directory)
+  try:
+    return ckpt.latest_step()
+  finally:
+    ckpt.close()
+
+
+def check_previous_run(config, setup: validation.Setup, workdir: str) -> Optional[Dict[str, Any]]:
+  """The saved summary when ``workdir`` already holds this run finished (and
+  ``config.eval_on_finished`` is off), else None; a resume that would change the schedule of
+  the workdir's checkpoints raises ``ConfigError`` (``validation.check_resume``)."""
+  step = _latest_checkpoint_step(workdir)
+  if step is None:
+    return None  # nothing to resume
+  if os.path.exists(os.path.join(workdir, pretrained.RUN_FILE)):
+    validation.check_resume(config, pretrained.read_run_file(workdir).get("config"), workdir)
+  summary_path = os.path.join(workdir, SUMMARY_FILE)
+  if (step != setup.total_steps or config.get("eval_on_finished", False)
+      or not os.path.exists(summary_path)):
+    return None
+  with open(summary_path) as f:
+    summary = json.load(f)
+  if summary.get("preempted") or summary.get("steps") != setup.total_steps:
+    return None
+  # Finished only if that final checkpoint is readable; else training resumes before it.
+  readable, _ = checkpoint.read(workdir, log=lambda message: None)
+  return summary if readable == setup.total_steps else None
+
+
+def finished_line(workdir: str, summary: Dict[str, Any], num_classes: int) -> str:
+  return (f"{workdir} already holds this run finished ({summary['steps']} steps, final: "
+          f"{_accuracies(summary['final'], num_classes > 5)}): nothing to do. Pass "
+          "--config.eval_on_finished=True to evaluate it again, or a new --workdir to train "
+          "again.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +188,7 @@ def build_run(config, workdir: str, setup: validation.Setup) -> Run:
   eval_apply = steps.make_eval_apply(forward, flip=bool(config.get("eval_flip", False)))
   eval_step = parallel.make_eval_step(evaluation.make_sum_fn(eval_apply), devices=pmap_devices)
   console = reporting.Console(setup.total_steps, int(config.batch_size), enabled=is_main)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
                                  keep=int(config.keep_checkpoints),
                                  async_save=bool(config.get("async_checkpointing", True)),
                                  log=console.print)
@@ -147,9 +204,17 @@ def write_run_file(run: Run) -> None:
     return
   c, s = run.config, run.setup
   channels = int(s.image_shape[-1])
-  norm = None  # the synthetic set is already standardised
-  if c.dataset != data.SYNTHETIC:
-    norm = preprocessing.config_normalization(c, channels)
+  eval_size, eval_preproc = int(c.eval_image_size), c.get("eval_preproc", "resize_crop_32")
+  crop_pct = float(c.get("eval_crop_pct", 0.875))
+  if c.dataset == data.SYNTHETIC:
+    # Synthetic images are made as model inputs (class template + N(0, 1) noise) at the train
+    # size: evaluation and predict take them unchanged (no resize, crop or normalization).
+    norm, eval_size, eval_preproc, crop_pct = None, int(c.train_image_size), "none", 1.0
+  else:
+    norm = data.preprocessing.config_normalization(c, channels)
+  # In [0, 1] pixel units (timm's); without normalization: mean 0, std 1/255, the identity.
+  mean, std = ([m / 255.0 for m in norm[0]], [v / 255.0 for v in norm[1]]) if norm else (
+      [0.0] * channels, [1.0 / 255.0] * channels)
   record = {
       "model": c.model,
       "model_kwargs": dict(c.get("model_kwargs", ml_collections.ConfigDict()).to_dict()),
@@ -158,17 +223,25 @@ def write_run_file(run: Run) -> None:
       "dataset": c.dataset,
       "channels": channels,
       "train_image_size": int(c.train_image_size),
-      "eval_image_size": int(c.eval_image_size),
-      "eval_preproc": c.get("eval_preproc", "resize_crop_32"),
-      "eval_crop_pct": float(c.get("eval_crop_pct", 0.875)),
-      "mean": [m / 255.0 for m in norm[0]] if norm else None,
-      "std": [v / 255.0 for v in norm[1]] if norm else None,
+      "eval_image_size": eval_size,
+      "eval_preproc": eval_preproc,
+      "eval_crop_pct": crop_pct,
+      "mean": mean,
+      "std": std,
       "config": c.to_dict(),
   }
   path = os.path.join(run.workdir, pretrained.RUN_FILE)
   with open(path + ".tmp", "w") as f:
-    json.dump(record, f, indent=2, default=str)
+    reporting.dump_json(record, f, indent=2)
   os.replace(path + ".tmp", path)
+
+
+def count_params(run: Run) -> int:
+  """The model's parameter count, from shapes alone (nothing is compiled or allocated)."""
+  dummy = jax.ShapeDtypeStruct((1,) + tuple(run.setup.image_shape), jnp.float32)
+  params, _ = jax.eval_shape(lambda rng, x: run.forward.init(rng, x, True),
+                             jax.random.PRNGKey(0), dummy)
+  return int(sum(np.prod(p.shape, dtype=np.int64) for p in jax.tree.leaves(params)))
 
 
 def describe_run(run: Run, num_params: int) -> str:
@@ -178,6 +251,15 @@ def describe_run(run: Run, num_params: int) -> str:
           f"{s.num_devices} devices x {s.micro_batch} x {s.accumulation_steps} "
           f"accumulation | {s.total_steps} steps ({s.steps_per_epoch:.1f}/epoch) | "
           f"compute {c.compute_dtype}")
+
+
+def describe_step(run: Run) -> str:
+  """``'nfnet_f0, 8 devices x 16, bfloat16'`` (with ``x 4 accumulation`` when accumulating)."""
+  s = run.setup
+  devices = f"{s.num_devices} device{'s' if s.num_devices > 1 else ''} x {s.micro_batch}"
+  if s.accumulation_steps > 1:
+    devices += f" x {s.accumulation_steps} accumulation"
+  return f"{run.config.model}, {devices}, {run.config.compute_dtype}"
 
 
 def initial_state(forward, tx, config, image_shape) -> Dict[str, Any]:
@@ -290,6 +372,8 @@ def train_loop(run: Run, rstate, start_step: int):
   ckpt_every = int(config.checkpoint_every_steps)
   meter = _Meter(int(config.batch_size))
   step, preempted, compile_time, eval_results = start_step, False, None, {}
+  if step < setup.total_steps:
+    run.console.print(f"Compiling the train step ({describe_step(run)})...")
   t_loop = time.time()
   try:
     with _SignalFlag() as sigterm:
@@ -300,6 +384,8 @@ def train_loop(run: Run, rstate, start_step: int):
         if compile_time is None:
           jax.block_until_ready(metrics)
           compile_time = time.time() - t_loop
+          run.console.print(f"Compiled the train step in {compile_time:.1f}s (with its first "
+                            "step).")
           meter.restart_clock(step)
         is_last = step == setup.total_steps
         if step % log_every == 0 or is_last:
@@ -382,12 +468,19 @@ def evaluate_state(run: Run, rstate, step: int) -> Dict[str, Any]:
   results["eval_seconds"] = time.time() - t0
   run.writer.write(step, {k: v for k, v in results.items() if not k.endswith("count")},
                    split="eval")
-  line = (f"eval @ step {step}: top1={results['top1']:.4f} top5={results['top5']:.4f} "
-          f"loss={results['loss']:.4f}")
+  top5 = run.setup.num_classes > 5  # with 5 classes or fewer, top-5 is always 1
+  line = f"eval @ step {step}: {_accuracies(results, top5)} loss={results['loss']:.4f}"
   if "ema_top1" in results:
-    line += f" | ema top1={results['ema_top1']:.4f} top5={results['ema_top5']:.4f}"
+    ema = {k[len("ema_"):]: v for k, v in results.items() if k.startswith("ema_")}
+    line += f" | ema {_accuracies(ema, top5)}"
   run.console.print(line + f" ({results['count']} examples, {results['eval_seconds']:.1f}s)")
   return results
+
+
+def _accuracies(results: Dict[str, Any], top5: bool) -> str:
+  """``'top1=0.9326 top5=0.9994'``, or only the top-1 part."""
+  line = f"top1={results['top1']:.4f}"
+  return line + (f" top5={results['top5']:.4f}" if top5 else "")
 
 
 def make_summary(run: Run, result: LoopResult, *, start_step: int, num_params: int,
@@ -420,12 +513,11 @@ def make_summary(run: Run, result: LoopResult, *, start_step: int, num_params: i
 def write_summary(run: Run, summary: Dict[str, Any]) -> None:
   """Writes ``summary.json`` (process 0) and prints the ``final:`` lines of a finished run."""
   if jax.process_index() == 0:
-    with open(os.path.join(run.workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2, default=str)
+    with open(os.path.join(run.workdir, SUMMARY_FILE), "w") as f:
+      reporting.dump_json(summary, f, indent=2)
   if summary["preempted"]:
     return
+  top5 = run.setup.num_classes > 5
   if "final_ema" in summary:
-    run.console.print(f"final_ema: top1={summary['final_ema']['top1']:.4f} "
-                      f"top5={summary['final_ema']['top5']:.4f}")
-  run.console.print(f"final: top1={summary['final']['top1']:.4f} "
-                    f"top5={summary['final']['top5']:.4f}")
+    run.console.print(f"final_ema: {_accuracies(summary['final_ema'], top5)}")
+  run.console.print(f"final: {_accuracies(summary['final'], top5)}")

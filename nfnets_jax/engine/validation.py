@@ -3,7 +3,8 @@
 ``validate_config`` resolves what the engine needs (device count, micro-batch, accumulation
 steps, dataset and model metadata) and raises ``ConfigError`` for an unknown model, optimizer,
 schedule or dtype, a batch size that does not divide over the devices, or a missing dataset
-(with the command that prepares it).
+(with the command that prepares it). ``check_resume`` refuses to resume checkpoints under a
+different schedule; ``warmup_warning`` names runs too short to leave warm-up.
 """
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ from nfnets_jax.engine import parallel
 
 COMPUTE_DTYPES = ("bfloat16", "float32", "float16")
 NONFINITE_MODES = ("stop", "skip")
-
-
+# The fields that set the step count and the learning rate of every step: resuming a checkpoint
+# with other values would continue it on another schedule than the one it was trained on.
+SCHEDULE_FIELDS = ("num_train_steps", "num_epochs", "batch_size", "optimizer.schedule",
+                   "optimizer.warmup_epochs", "optimizer.base_lr", "optimizer.lr_scale_batch",
+                   "optimizer.end_lr")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,8 +128,9 @@ def validate_config(config, check_data: bool = True) -> Setup:
     raise ConfigError(f"config.batch_size / config.per_device_batch_size: {e}") from None
   eval_batch = int(config.eval_batch_size)
   if eval_batch <= 0 or eval_batch % num_global:
+    example = num_global * max(1, eval_batch // num_global)
     raise ConfigError(f"config.eval_batch_size={eval_batch} must be a positive multiple of the "
-                      f"{num_global} devices (e.g. {num_global * max(1, eval_batch // num_global)}).")
+                      f"{num_global} devices (e.g. {example}).")
 
   # Data.
   if check_data:
@@ -154,3 +159,56 @@ def validate_config(config, check_data: bool = True) -> Setup:
                image_shape=image_shape, steps_per_epoch=steps_per_epoch or 1.0,
                total_steps=total_steps, model_info=model_info,
                class_names=tuple(class_names) if class_names else None)
+
+
+def _schedule_values(config) -> dict:
+  """``SCHEDULE_FIELDS`` of a config (a ConfigDict or a saved dict), optimizer defaults filled."""
+  optimizer = optim.resolve_config(config.get("optimizer", None))
+  prefix = "optimizer."
+  return {f: optimizer.get(f[len(prefix):]) if f.startswith(prefix) else config.get(f, None)
+          for f in SCHEDULE_FIELDS}
+
+
+def _same(old, new) -> bool:
+  """Equal values; numbers by value (run.json may hold 6 where the config has 6.0)."""
+  if isinstance(old, (int, float)) and isinstance(new, (int, float)):
+    return float(old) == float(new)
+  return old == new
+
+
+def check_resume(config, saved_config: Optional[dict], workdir: str) -> None:
+  """Raises ``ConfigError`` when ``config`` would resume the checkpoints of ``workdir`` (trained
+  with ``saved_config``, from its run.json) on another schedule, naming the first such field."""
+  if not saved_config:
+    return
+  try:
+    old = _schedule_values(saved_config)
+  except ValueError:
+    return  # an optimizer this version does not know: nothing to compare with
+  new = _schedule_values(config)
+  for field in SCHEDULE_FIELDS:
+    if field == "num_epochs" and new["num_train_steps"]:
+      continue  # num_train_steps sets the step count: num_epochs is not used
+    if not _same(old[field], new[field]):
+      raise ConfigError(
+          f"--workdir={workdir} holds checkpoints trained with config.{field}={old[field]!r}, "
+          f"but this config has {new[field]!r}: resuming would continue them on another "
+          f"schedule. Use a new --workdir, or set --config.{field}={old[field]!r} to resume.")
+
+
+def warmup_warning(config, setup: Setup) -> Optional[str]:
+  """A warning line when every step of the run is a warm-up step (the peak rate is never
+  reached), else None."""
+  opt = optim.resolve_config(config.optimizer)
+  warmup = int(round(float(opt.warmup_epochs) * setup.steps_per_epoch))
+  if warmup < setup.total_steps:
+    return None
+  peak = optim.peak_learning_rate(opt, int(config.batch_size))
+  schedule = optim.learning_rate_schedule(opt, batch_size=int(config.batch_size),
+                                          steps_per_epoch=setup.steps_per_epoch,
+                                          total_steps=setup.total_steps)
+  last = float(schedule(setup.total_steps - 1))
+  return (f"Warning: all {setup.total_steps} steps are warm-up (optimizer.warmup_epochs="
+          f"{opt.warmup_epochs} = {warmup} steps): the learning rate ends at {last:.3g}, never "
+          f"reaching its peak {peak:.3g}. Lower --config.optimizer.warmup_epochs or train "
+          "longer.")

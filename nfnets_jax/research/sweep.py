@@ -26,7 +26,10 @@ import ml_collections
 import numpy as np
 
 from nfnets_jax import optim
+from nfnets_jax.engine import reporting
 from nfnets_jax.errors import NonFiniteLossError
+from nfnets_jax.errors import SweepError
+from nfnets_jax.errors import SweepNotFoundError
 
 # Baselines that can be added to the AGC grid (per batch size).
 BASELINES = ("none", "global_norm", "bn_resnet")
@@ -53,14 +56,14 @@ def parse_clipping(spec: str) -> List[Optional[float]]:
     try:
       value = float(tok)
     except ValueError:
-      raise ValueError(
+      raise SweepError(
           f"Bad clipping value {tok!r} in {spec!r}: use positive numbers or 'none', "
           "e.g. --clipping=0.01,0.04,none") from None
     if not value > 0 or not math.isfinite(value):
-      raise ValueError(f"Clipping thresholds must be positive and finite; got {tok!r}.")
+      raise SweepError(f"Clipping thresholds must be positive and finite; got {tok!r}.")
     out.append(value)
   if not out:
-    raise ValueError("Empty clipping list; e.g. --clipping=0.01,0.04,none")
+    raise SweepError("Empty clipping list; e.g. --clipping=0.01,0.04,none")
   return _dedupe(out)
 
 
@@ -71,12 +74,12 @@ def parse_batch_sizes(spec: str) -> List[int]:
     try:
       value = int(tok)
     except ValueError:
-      raise ValueError(f"Bad batch size {tok!r} in {spec!r}; e.g. --batch_sizes=64,256") from None
+      raise SweepError(f"Bad batch size {tok!r} in {spec!r}; e.g. --batch_sizes=64,256") from None
     if value <= 0:
-      raise ValueError(f"Batch sizes must be positive; got {value}.")
+      raise SweepError(f"Batch sizes must be positive; got {value}.")
     out.append(value)
   if not out:
-    raise ValueError("Empty batch size list; e.g. --batch_sizes=64,256,1024")
+    raise SweepError("Empty batch size list; e.g. --batch_sizes=64,256,1024")
   return _dedupe(out)
 
 
@@ -85,7 +88,7 @@ def parse_baselines(spec: Optional[str]) -> List[str]:
   out = []
   for tok in _split(spec or ""):
     if tok not in BASELINES:
-      raise ValueError(f"Unknown baseline {tok!r}; choose from {', '.join(BASELINES)}.")
+      raise SweepError(f"Unknown baseline {tok!r}; choose from {', '.join(BASELINES)}.")
     out.append(tok)
   return _dedupe(out)
 
@@ -182,7 +185,7 @@ def point_config(base_config, point: SweepPoint, *, bn_model: Optional[str] = No
       config.optimizer.name = "sgd_global_clip"
     elif point.kind == "bn_resnet":
       if not bn_model:
-        raise ValueError(
+        raise SweepError(
             "The bn_resnet baseline needs a BatchNorm model name: pass --bn_model=NAME "
             "(a registry name with has_state=True, e.g. resnet50_bn).")
       config.model = bn_model
@@ -235,16 +238,8 @@ def _read_json(path) -> Optional[dict]:
 def _write_json(path, obj):
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+    reporting.dump_json(obj, f, indent=2, sort_keys=True)
   os.replace(tmp, path)
-
-
-def _json_default(o):
-  if isinstance(o, (np.floating, np.integer)):
-    return o.item()
-  if isinstance(o, np.ndarray):
-    return o.tolist()
-  return str(o)
 
 
 def _flatten(d, prefix="") -> Dict[str, Any]:
@@ -341,9 +336,12 @@ def _train_rows(workdir) -> List[dict]:
 
 
 def last_train_loss(workdir) -> Optional[float]:
-  """The last logged training loss (``metrics.jsonl``), NaN/Inf kept as float."""
+  """The last logged training loss (``metrics.jsonl``); NaN for a non-finite one (written as
+  null, or as the string "nan" by older runs)."""
   for row in reversed(_train_rows(workdir)):
     if "loss" in row:
+      if row["loss"] is None:
+        return float("nan")
       try:
         return float(row["loss"])
       except (TypeError, ValueError):
@@ -472,7 +470,7 @@ def run_sweep(base_config, points: Sequence[SweepPoint], sweep_dir, run_fn: Call
   write_sweep_spec(sweep_dir, points, base_config)
   if only is not None:
     if not 0 <= only < len(points):
-      raise ValueError(f"--only={only} is out of range: this grid has {len(points)} points "
+      raise SweepError(f"--only={only} is out of range: this grid has {len(points)} points "
                        f"(0..{len(points) - 1}); list them with --list.")
     todo = [points[only]]
   else:
@@ -758,8 +756,10 @@ def collect(sweep_dir, log: Callable[[str], None] = print) -> Dict[str, str]:
   """Writes results.csv, results.md and the PNG plots into ``sweep_dir``; returns their paths."""
   rows = collect_rows(sweep_dir)
   if not rows:
-    raise FileNotFoundError(
-        f"No sweep points found in {sweep_dir}: run the sweep first (same --workdir).")
+    where = "" if os.path.isdir(sweep_dir) else " (no such directory)"
+    raise SweepNotFoundError(
+        f"No sweep points found in {sweep_dir}{where}: run the sweep first with the same "
+        "--workdir, or pass the --workdir of a sweep.")
   paths = {
       "csv": os.path.join(sweep_dir, "results.csv"),
       "markdown": os.path.join(sweep_dir, "results.md"),

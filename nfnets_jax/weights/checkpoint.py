@@ -24,16 +24,24 @@ Saves. With ``async_save=True`` orbax writes in a background thread while traini
 that fails (disk full, permissions), in the foreground or in the background, raises
 ``CheckpointSaveError`` at the latest at the next ``save``/``wait``/``latest_step``/``close``;
 the earlier checkpoints are never removed before a newer one is complete, so they stay intact.
+That error is the one thing a failed save shows: the tracebacks orbax's writer threads log (and
+tensorstore's callbacks raise into a closed event loop), one per thread and array, go to
+``<directory>/save_errors.log`` while a save is in flight.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import sys
+import threading
 import time
+import traceback
 import zlib
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from absl import logging as absl_logging
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -44,10 +52,12 @@ from nfnets_jax.errors import CheckpointNotFoundError
 from nfnets_jax.errors import CheckpointSaveError
 from nfnets_jax.errors import NoReadableCheckpointError
 from nfnets_jax.errors import NonFiniteCheckpointError
+from nfnets_jax.errors import sentence
 
 CORRUPT_DIR = "corrupt"  # under the checkpoint directory; not a step name, so orbax ignores it
 CHECKSUM_KEY = "nfnets_crc32"  # in each step's custom metadata: {leaf name: crc32}
 _STEP_METADATA = "_CHECKPOINT_METADATA"
+SAVE_ERRORS_LOG = "save_errors.log"  # in the checkpoint directory: orbax's detail of failed saves
 
 
 def all_finite(tree) -> bool:
@@ -88,6 +98,87 @@ def _reason(error: BaseException) -> str:
   return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+def _save_reason(error: BaseException) -> str:
+  """Why a write failed: the OS error when there is one (orbax wraps tensorstore's 'No space left
+  on device [os_error_code=28]' in a long ValueError), else the error's first and last words."""
+  code = getattr(error, "errno", None)
+  if code is None:
+    found = re.search(r"os_error_code='?(\d+)", str(error))
+    code = int(found.group(1)) if found else None
+  if code:
+    return f"{os.strerror(code)} (errno {code})"
+  text = " ".join(str(error).split())
+  if len(text) > 300:
+    text = f"{text[:150]} ... {text[-150:]}"
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class _BackgroundErrors(logging.Filter):
+  """Sends the detail of failed saves to a file instead of the console.
+
+  When a write fails (a full disk), each of orbax's writer threads logs a traceback through absl
+  logging, and tensorstore's callbacks raise 'Event loop is closed' as unraisable exceptions:
+  dozens of tracebacks before the one ``CheckpointSaveError`` line that says what to do. While a
+  save is in flight (``open`` to ``close``), orbax's records of level ERROR and above and those
+  exceptions are appended to the Checkpointer's ``save_errors.log`` (the newest save's). A file
+  that cannot be written (the disk is full) loses them; the console stays quiet either way.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self._paths: List[str] = []  # one per save in flight
+    self._lock = threading.Lock()
+    self._previous_hook = None
+    self._formatter = logging.Formatter("%(asctime)s %(levelname)s %(pathname)s:%(lineno)d "
+                                        "[%(threadName)s] %(message)s")
+
+  def open(self, path: str) -> None:
+    with self._lock:
+      self._paths.append(path)
+      if len(self._paths) == 1:
+        absl_logging.get_absl_logger().addFilter(self)
+        self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+
+  def close(self, path: str) -> None:
+    with self._lock:
+      if path not in self._paths:
+        return
+      self._paths.remove(path)
+      if not self._paths:
+        absl_logging.get_absl_logger().removeFilter(self)
+        if sys.unraisablehook == self._unraisable:  # pylint: disable=comparison-with-callable
+          sys.unraisablehook = self._previous_hook
+
+  def _write(self, text: str) -> None:
+    with self._lock:
+      if not self._paths:
+        return
+      try:
+        with open(self._paths[-1], "a") as f:
+          f.write(text.rstrip("\n") + "\n")
+      except OSError:
+        pass  # a full disk; the CheckpointSaveError still says what happened
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    """False (not shown) for orbax's errors: they are written to the file instead."""
+    if record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname:
+      return True
+    self._write(self._formatter.format(record))
+    return False
+
+  def _unraisable(self, unraisable) -> None:
+    frames = traceback.extract_tb(unraisable.exc_traceback)
+    if not any(f"{os.sep}{name}{os.sep}" in frame.filename
+               for frame in frames for name in ("asyncio", "orbax", "tensorstore")):
+      self._previous_hook(unraisable)
+      return
+    self._write("".join(traceback.format_exception(
+        unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)))
+
+
+_BACKGROUND_ERRORS = _BackgroundErrors()
+
+
 class Checkpointer:
   """Keeps the last ``keep`` checkpoints of a train state under ``directory``.
 
@@ -105,6 +196,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=self._async)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self.save_errors_log = os.path.join(self.directory, SAVE_ERRORS_LOG)
 
   # -- saving ----------------------------------------------------------------------------------
 
@@ -114,10 +206,13 @@ class Checkpointer:
       intact = sorted(self._manager.all_steps())
     except Exception:  # pylint: disable=broad-except
       intact = "unknown"
+    details = (f"; orbax's report: {self.save_errors_log}"
+               if os.path.exists(self.save_errors_log) else "")
     return CheckpointSaveError(
-        f"Saving checkpoint {step} in {self.directory} failed: {_reason(error)}. The earlier "
-        f"checkpoints are intact (steps {intact}); fix the cause (free disk space, check "
-        "permissions) and run the same command again to resume from the newest of them.")
+        f"Saving checkpoint {step} in {self.directory} failed: {sentence(_save_reason(error))} "
+        f"The earlier checkpoints are intact (steps {intact}); fix the cause (free disk space, "
+        f"check permissions) and run the same command again to resume from the newest of them"
+        f"{details}.")
 
   def wait(self):
     """Blocks until a pending save is on disk; its failure raises ``CheckpointSaveError``."""
@@ -126,6 +221,8 @@ class Checkpointer:
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       raise self._save_error(step if step is not None else "(pending)", e) from e
+    finally:
+      _BACKGROUND_ERRORS.close(self.save_errors_log)
 
   def save(self, step: int, state: Any, force: bool = True) -> bool:
     """Saves ``state`` as checkpoint ``step`` (overwriting nothing); False if it already exists.
@@ -142,11 +239,14 @@ class Checkpointer:
     # A private copy: orbax may still read it after we return, and the caller's arrays can be
     # views of device buffers that the next train step donates.
     snapshot = jax.tree.map(lambda x: np.array(x, copy=True), state)
+    _BACKGROUND_ERRORS.open(self.save_errors_log)  # until wait() returns
     try:
       saved = self._manager.save(int(step), args=ocp.args.StandardSave(snapshot), force=force,
                                  custom_metadata={CHECKSUM_KEY: checksums(snapshot)})
     except Exception as e:  # pylint: disable=broad-except
-      raise self._save_error(step, e) from e
+      error = self._save_error(step, e)
+      _BACKGROUND_ERRORS.close(self.save_errors_log)
+      raise error from e
     self._pending = int(step)
     if not self._async:
       self.wait()

@@ -1,10 +1,13 @@
 """Experiment configs (``configs/*.py``): every file loads and validates, the NFNet recipe's
-numbers, unknown variants. Config validation itself: test_validation.py."""
+numbers, the recipe without ImageNet (``F0,synthetic``, ``F0,folder``), unknown variants.
+Config validation itself: test_validation.py."""
 import importlib.util
 import inspect
+import os
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -23,7 +26,7 @@ def load(name):
 
 ALL_ARGS = (
     [("nfnet", v) for v in ["F0", "F1", "F2", "F3", "F4", "F5", "F6", "F7", "F0+", "F7+",
-                            "F0,local", "f1+,local"]]
+                            "F0,local", "f1+,local", "F0,synthetic", "F0,folder"]]
     + [("nf_resnet", a) for a in ["50", "101", "50,local"]]
     + [("nf_regnet", a) for a in ["B0", "B5", "B0,local"]]
     + [("resnet_bn", a) for a in [None, "50,local"]]
@@ -42,7 +45,7 @@ def test_every_config_names_a_model_and_valid_settings(name, arg):
                                            **dict(c.model_kwargs.items()))
   setup = validation.validate_config(c, check_data=False)
   assert setup.num_devices * setup.micro_batch * setup.accumulation_steps == c.batch_size
-  if arg and "local" in arg:
+  if arg and {"local", "synthetic", "folder"} & set(arg.split(",")):
     assert c.num_train_steps and c.num_train_steps <= 30
 
 
@@ -78,3 +81,54 @@ def test_unknown_variants_and_options_are_rejected():
     load("nf_regnet").get_config("B12")
   with pytest.raises(ValueError, match="Unknown config option"):
     load("fashion_mnist").get_config("fast")
+  with pytest.raises(ValueError, match="one of the options 'synthetic' and 'folder'"):
+    load("nfnet").get_config("F0,synthetic,folder")
+
+
+def _recipe(c):
+  """What F0's recipe fixes, whatever the data: model, optimizer (AGC), EMA, loss, augment."""
+  return (c.model, c.model_kwargs.to_dict(), c.optimizer.to_dict(), c.ema_decay,
+          c.label_smoothing, c.augment.to_dict(), c.train_preproc, c.normalization)
+
+
+def _image_folder(root, classes=("cat", "dog"), per_class=3):
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  for i, name in enumerate(classes):
+    for split in ("train", "test"):
+      os.makedirs(root / split / name)
+      for k in range(per_class):
+        pixels = np.full((20 + k, 24, 3), 40 * i + k, np.uint8)
+        Image.fromarray(pixels).save(root / split / name / f"{k}.png")
+  return str(root)
+
+
+def test_f0_without_imagenet_keeps_the_recipe_at_the_local_size(tmp_path):
+  nfnet = load("nfnet")
+  local = nfnet.get_config("F0,local")
+  synthetic = nfnet.get_config("F0,synthetic")
+  folder = nfnet.get_config("F0,folder")
+  folder.data_dir = _image_folder(tmp_path)
+  for c in (synthetic, folder):
+    assert _recipe(c) == _recipe(local) == _recipe(nfnet.get_config("F0"))
+    assert (c.batch_size, c.num_train_steps, c.train_image_size, c.compute_dtype) == (
+        16, 10, 64, "float32")
+  s = validation.validate_config(synthetic)
+  assert (synthetic.dataset, s.num_classes, s.image_shape) == ("synthetic", 4, (64, 64, 3))
+  # One step per epoch: the recipe's 5 warm-up epochs end within the 10 steps.
+  assert s.steps_per_epoch == 1 and validation.warmup_warning(synthetic, s) is None
+  f = validation.validate_config(folder)
+  assert (folder.dataset, f.class_names, f.image_shape) == ("folder", ("cat", "dog"), (64, 64, 3))
+  assert f.num_train_examples == 6 and f.num_eval_examples == 6
+
+
+@pytest.mark.slow  # the full F0 compiles its train step in 40-60 s on 2 CPU cores
+def test_f0_synthetic_trains_end_to_end(tmp_path):
+  from nfnets_jax.engine import train  # pylint: disable=import-outside-toplevel
+  c = load("nfnet").get_config("F0,synthetic")
+  c.num_devices = 1  # 8 simulated devices would hold 8 copies of F0's state
+  c.num_train_steps = 2
+  c.train_image_size = c.eval_image_size = 32
+  c.synthetic.num_eval_examples = 16
+  summary = train.train_and_evaluate(c, str(tmp_path / "f0"))
+  assert summary["steps"] == 2 and summary["num_params"] > 60_000_000
+  assert summary["final"]["count"] == 16 and 0.0 <= summary["final_ema"]["top1"] <= 1.0

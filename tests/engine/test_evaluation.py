@@ -17,7 +17,6 @@ from nfnets_jax.weights import checkpoint  # noqa: E402
 from nfnets_jax.weights import deepmind  # noqa: E402
 from nfnets_jax.engine import evaluation as ec  # noqa: E402
 from nfnets_jax.engine import imagenet_real  # noqa: E402
-from nfnets_jax.errors import EvaluationError  # noqa: E402
 from nfnets_jax import models  # noqa: E402
 from nfnets_jax.data import synthetic as synthetic_data  # noqa: E402
 
@@ -217,3 +216,46 @@ def test_eval_sums_are_exact_once_with_masks():
   lse = np.log(np.exp(logits[:3].astype(np.float64)).sum(-1))
   expected = np.sum(lse - logits[np.arange(3), labels[:3]])
   np.testing.assert_allclose(float(sums["loss"]), expected, rtol=1e-6)
+
+
+def _workdir_trained_at(tmp_path, config, params):
+  """A workdir as the engine leaves it: a checkpoint and run.json with the run's eval size."""
+  workdir = tmp_path / "work"
+  ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"))
+  ckpt.save(3, {"params": params, "model_state": {}, "step": np.int32(3)})
+  ckpt.close()
+  (workdir / "run.json").write_text(json.dumps({
+      "model": config.model, "model_kwargs": {}, "channels": 3, "num_classes": 10,
+      "train_image_size": config.train_image_size, "eval_image_size": config.eval_image_size,
+      "eval_preproc": "none"}))
+  return str(workdir)
+
+
+def test_size_note_compares_with_the_run_not_the_registry(tmp_path):
+  """nf_demo_tiny's registry test size is 28 px; a run trained and evaluated at 8 px is not
+  noted at 8 px, only at a size it was not evaluated at."""
+  config = _config(size=8)
+  assert models.get_info(config.model).test_image_size != 8
+  workdir = _workdir_trained_at(tmp_path, config, _init(config)[0])
+  lines = []
+  ec.evaluate_checkpoint(workdir, config, batch_size=16, log=lines.append)
+  assert not [line for line in lines if line.startswith("note:")], lines
+  lines = []
+  ec.evaluate_checkpoint(workdir, config, batch_size=16, image_size=16, log=lines.append)
+  assert [line for line in lines if line.startswith("note:")] == [
+      f"note: evaluating at 16px; the eval recipe of {workdir} uses 8px."]
+
+
+def test_top5_only_with_more_than_five_classes(tmp_path):
+  config = _config()
+  config.synthetic.num_classes = 5
+  params, _ = _init(config, num_classes=5)
+  path = str(tmp_path / "five.npz")
+  deepmind.save_params_npz(params, path, {"model_name": "nf_demo_tiny"})
+  out = tmp_path / "report.json"
+  lines = []
+  rep = ec.evaluate_checkpoint(path, config, batch_size=16, output=str(out), log=lines.append)
+  assert sorted(rep["results"]["raw"]) == ["count", "loss", "top1"]
+  assert "top5" not in json.loads(out.read_text())["results"]["raw"]
+  (result,) = [line for line in lines if line.startswith("raw: ")]
+  assert "top1=" in result and "top5" not in result

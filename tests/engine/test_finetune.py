@@ -107,10 +107,10 @@ def test_linear_probe_trains_only_the_head_and_resumes(source_workdir, tmp_path)
   _assert_equal_except(tuned.params, source.params, skip=(HEAD,))
   _assert_head_moved(tuned.params, start["params"])
   assert tuned.num_classes == 4 and tuned.step == 3
-  # A rerun with more steps resumes from step 3 (init_from only decides step 0).
-  c.num_train_steps = 4
+  # A rerun resumes from step 3 (init_from only decides step 0).
+  c.eval_on_finished = True
   again = train.train_and_evaluate(c, str(tmp_path / "run"))
-  assert again["start_step"] == 3 and again["steps"] == 4
+  assert again["start_step"] == 3 and again["steps"] == 3
 
 
 def test_body_lr_mult_zero_equals_freezing_the_body(source_workdir, tmp_path):

@@ -1,5 +1,9 @@
-"""Console reporting (``engine/reporting.py``): durations and the per-step training line."""
+"""Reporting (``engine/reporting.py``): durations, the per-step training line, and JSON files
+that hold numbers as numbers (NaN/Inf as null, never the string "nan")."""
 import io
+import json
+
+import numpy as np
 
 from nfnets_jax.engine import reporting
 
@@ -18,3 +22,26 @@ def test_console_line_and_duration_format():
   silent = io.StringIO()
   reporting.Console(10, 1, enabled=False, stream=silent).print("x")
   assert silent.getvalue() == ""
+
+
+def _strict_json(text):
+  """``json.loads`` that refuses NaN/Infinity, as strict JSON readers do."""
+  def refuse(constant):
+    raise ValueError(f"not JSON: {constant}")
+  return json.loads(text, parse_constant=refuse)
+
+
+def test_metrics_jsonl_and_json_files_hold_numbers_or_null(tmp_path):
+  writer = reporting.MetricWriter(str(tmp_path), enabled=True, tensorboard=False)
+  writer.write(5, {"loss": np.float32(0.25), "images_per_sec": float("nan"),
+                   "grad_norm": np.array(np.inf)})
+  writer.close()
+  (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  record = _strict_json(line)
+  assert (record["step"], record["loss"]) == (5, 0.25)
+  assert record["images_per_sec"] is None and record["grad_norm"] is None
+  stream = io.StringIO()
+  reporting.dump_json({"top1": np.float64(0.5), "count": np.int64(3), "loss": float("-inf"),
+                       "sizes": (np.int32(8), 16), "arr": np.array([1.0, np.nan])}, stream)
+  assert _strict_json(stream.getvalue()) == {"top1": 0.5, "count": 3, "loss": None,
+                                             "sizes": [8, 16], "arr": [1.0, None]}

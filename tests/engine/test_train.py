@@ -3,14 +3,16 @@ with a tiny NF model.
 
 Equivalences (same global batch): 1 device vs 8 simulated devices, gradient accumulation 4 x B/4
 vs 1 x B; non-finite handling; SIGTERM save-and-resume; bfloat16 compute with float32 state,
-against float32 training. Real processes: test_train_processes.py; mock ImageNet end to end:
-test_train_e2e.py.
+against float32 training; the console lines; the input transform run.json records. Real
+processes: test_train_processes.py; mock ImageNet end to end: test_train_e2e.py; resuming a
+workdir: test_resume.py.
 """
 import json
 import os
 import pathlib
 import signal
 import sys
+import types
 
 import jax
 import numpy as np
@@ -18,6 +20,7 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from configs import synthetic  # noqa: E402
+from nfnets_jax import pretrained
 from nfnets_jax.weights import checkpoint
 from nfnets_jax.engine import steps
 from nfnets_jax.data import synthetic as synthetic_data
@@ -100,7 +103,8 @@ def test_nonfinite_skip_drops_one_update(tmp_path):
   assert summary["nonfinite_steps"] == 1
   assert summary["steps"] == 4
   losses = train_losses(workdir)
-  assert losses[1] == "nan" and all(np.isfinite(l) for i, l in enumerate(losses) if i != 1)
+  # metrics.jsonl holds a non-finite value as null (reporting.json_value).
+  assert losses[1] is None and all(np.isfinite(l) for i, l in enumerate(losses) if i != 1)
   assert checkpoint.all_finite(final_params(workdir))
   assert 0.0 <= summary["final"]["top1"] <= 1.0
 
@@ -191,3 +195,49 @@ def test_eval_flip_averages_the_logits_of_the_left_right_mirror():
   np.testing.assert_array_equal(plain, images[:, 0, :, 0])
   np.testing.assert_array_equal(flipped, (images[:, 0, :, 0] + images[:, 0, ::-1, 0]) / 2)
   assert synthetic.get_config("tiny").eval_flip is False  # off unless a config asks
+
+
+def test_console_names_the_compile_and_shows_top5_only_above_five_classes(tmp_path, capsys):
+  for classes, top5 in ((5, False), (10, True)):
+    capsys.readouterr()
+    train.train_and_evaluate(tiny_config(num_devices=8, **{"synthetic.num_classes": classes}),
+                             str(tmp_path / str(classes)))
+    lines = capsys.readouterr().out.splitlines()
+    compiling = lines.index("Compiling the train step (nf_demo_tiny, 8 devices x 2, float32)...")
+    assert lines[compiling + 1].startswith("Compiled the train step in ")
+    assert lines[compiling + 2].startswith("step 1/3 ")
+    finals = [l for l in lines if l.startswith(("eval @", "final"))]
+    assert len(finals) == 3 and all(("top5=" in l) == top5 for l in finals), finals
+
+
+def test_run_file_records_the_input_transform_and_predict_reproduces_it(tmp_path):
+  config = tiny_config(num_devices=1)
+  workdir = str(tmp_path / "run")
+  summary = train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, pretrained.RUN_FILE)) as f:
+    record = json.load(f)
+  # Synthetic images are made as model inputs: no normalization, resize or crop.
+  assert (record["mean"], record["std"]) == ([0.0], [1 / 255])
+  assert (record["eval_preproc"], record["eval_image_size"], record["eval_crop_pct"]) == (
+      "none", 8, 1.0)
+  model = pretrained.load(workdir)  # EMA parameters, as in final_ema
+  batch = next(synthetic_data.eval_iterator(config, per_device_batch=100, num_devices=1))
+  images, labels = batch["images"][0], batch["labels"][0]
+  inputs = model.preprocess(list(images))
+  np.testing.assert_array_equal(inputs, images)
+  top1 = np.mean(np.argmax(model.logits(inputs), -1) == labels)
+  assert top1 == pytest.approx(summary["final_ema"]["top1"])
+
+
+@pytest.mark.parametrize("normalization,mean,std", [
+    ("dataset", [72.94035223214286 / 255], [90.02118235130526 / 255]),
+    ("none", [0.0], [1 / 255])])
+def test_run_file_records_the_normalization_of_a_tfds_dataset(tmp_path, normalization, mean,
+                                                                std):
+  config = tiny_config(dataset="fashion_mnist", normalization=normalization)
+  setup = types.SimpleNamespace(image_shape=(8, 8, 1), num_classes=10, class_names=None)
+  train.write_run_file(train.Run(config, setup, str(tmp_path), *[None] * 8))
+  with open(tmp_path / pretrained.RUN_FILE) as f:
+    record = json.load(f)
+  assert record["mean"] == pytest.approx(mean) and record["std"] == pytest.approx(std)
+  assert record["eval_preproc"] == "resize_crop_32"

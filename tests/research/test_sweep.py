@@ -5,6 +5,7 @@ Most tests inject a fake run function (fast, exact); one end-to-end test runs th
 """
 import csv
 import json
+import math
 import os
 import pathlib
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from configs import default  # noqa: E402
+from nfnets_jax.errors import SweepNotFoundError  # noqa: E402
 from nfnets_jax.research import sweep  # noqa: E402
 
 
@@ -192,8 +194,17 @@ def test_collect_writes_csv_markdown_and_plots(tmp_path):
 
 
 def test_collect_empty_dir_is_a_clear_error(tmp_path):
-  with pytest.raises(FileNotFoundError, match="run the sweep first"):
+  with pytest.raises(SweepNotFoundError, match="run the sweep first"):
     sweep.collect(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match=r"\(no such directory\)"):
+    sweep.collect(str(tmp_path / "nope"))
+
+
+def test_non_finite_losses_are_null_in_metrics_and_nan_in_the_table(tmp_path):
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    f.write(json.dumps({"step": 1, "split": "train", "loss": 2.0}) + "\n")
+    f.write(json.dumps({"step": 2, "split": "train", "loss": None}) + "\n")
+  assert math.isnan(sweep.last_train_loss(str(tmp_path)))
 
 
 def _tiny_real_config():

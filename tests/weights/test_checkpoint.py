@@ -272,3 +272,72 @@ def test_refuses_to_save_nonfinite_params(tmp_path):
   assert ckpt.latest_step() == 1
   np.testing.assert_array_equal(ckpt.restore(good)["params"]["w"], np.ones(3))
   ckpt.close()
+
+
+_FAILING_SAVE_CLI = r'''
+import asyncio, errno, sys
+import numpy as np
+from orbax.checkpoint._src.handlers import pytree_checkpoint_handler as handler
+from nfnets_jax import cli
+from nfnets_jax.weights import checkpoint
+
+
+class FailingFuture:
+  def result(self, timeout=None):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+class ClosedLoopCallback:
+  """What tensorstore's callbacks do after the failure: call into orbax's closed event loop."""
+
+  def __init__(self):
+    self.loop = asyncio.new_event_loop()
+    self.loop.close()
+
+  def __del__(self):
+    self.loop.call_soon_threadsafe(print)
+
+
+def main(argv):
+  ckpt = checkpoint.Checkpointer(sys.argv[1], keep=5, async_save=True)
+  state = {"params": {"w": np.ones(100, np.float32)}}
+  ckpt.save(5, state)
+  ckpt.wait()
+  real = handler.PyTreeCheckpointHandler.async_save
+
+  async def fails_later(self, *args, **kwargs):
+    return list(await real(self, *args, **kwargs) or []) + [FailingFuture()]
+
+  handler.PyTreeCheckpointHandler.async_save = fails_later
+  ckpt.save(10, state)
+  ClosedLoopCallback()
+  ckpt.close()
+
+
+cli.run(main)
+'''
+
+
+def test_failed_background_save_is_one_line_with_the_detail_in_a_file(tmp_path):
+  """orbax's writer threads log a traceback each when a save fails; the console gets only the
+  CheckpointSaveError line, the tracebacks go to checkpoints/save_errors.log."""
+  import subprocess
+  script = tmp_path / "save.py"
+  script.write_text(_FAILING_SAVE_CLI)
+  directory = tmp_path / "checkpoints"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+             PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[2]))
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, str(script), str(directory)], capture_output=True,
+                        text=True, env=env, timeout=120)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  log = directory / checkpoint.SAVE_ERRORS_LOG
+  assert proc.stderr.splitlines() == [
+      f"Error: Saving checkpoint 10 in {directory} failed: No space left on device (errno 28). "
+      "The earlier checkpoints are intact (steps [5]); fix the cause (free disk space, check "
+      "permissions) and run the same command again to resume from the newest of them; orbax's "
+      f"report: {log}."], proc.stderr[-3000:]
+  detail = log.read_text()
+  assert detail.count("Traceback") >= 2 and "No space left on device" in detail
+  assert "async_checkpointer.py" in detail and "Event loop is closed" in detail
+  assert sorted(d for d in os.listdir(directory) if d.isdigit()) == ["5"]

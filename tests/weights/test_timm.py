@@ -278,5 +278,5 @@ def test_convert_script_both_ways(tiny_state, tmp_path, capsys):
   assert cli.main(["--input", st_file, "--output", npz, "--timm_name", "test_nfnet",
                    "--num_classes", "9"]) == 1
   err = capsys.readouterr().err.strip().splitlines()
-  assert err[0].startswith("error: ") and "--timm_name" in err[0]
-  assert err[1].startswith("error: ") and "num_classes=9" in err[1]
+  assert err[0].startswith("Error: ") and "--timm_name" in err[0]
+  assert err[1].startswith("Error: ") and "num_classes=9" in err[1]
