@@ -32,7 +32,6 @@ import numpy as np
 from nfnets_jax import data
 from nfnets_jax import optim
 from nfnets_jax import pretrained
-from nfnets_jax.engine import checkpoint
 from nfnets_jax.engine import evaluation
 from nfnets_jax.engine import finetune
 from nfnets_jax.engine import parallel
@@ -40,6 +39,7 @@ from nfnets_jax.engine import reporting
 from nfnets_jax.engine import steps
 from nfnets_jax.engine import validation
 from nfnets_jax.errors import NonFiniteLossError
+from nfnets_jax.weights import checkpoint
 
 __all__ = ["NonFiniteLossError", "train_and_evaluate"]
 
@@ -127,14 +127,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
 
 def _latest_checkpoint_step(workdir: str) -> Optional[int]:
-  directory = os.path.join(workdir, CHECKPOINT_DIR)
-  if not os.path.isdir(directory):
-    return None
-  ckpt = checkpoint.Checkpointer(directory)
-  try:
-    return ckpt.latest_step()
-  finally:
-    ckpt.close()
+  # From the file system, not an orbax manager: every process must reach the same orbax calls
+  # in the same order, and process 0 may already be creating the checkpoint folder.
+  steps = checkpoint.saved_steps(os.path.join(workdir, CHECKPOINT_DIR))
+  return steps[-1] if steps else None
 
 
 def check_previous_run(config, setup: validation.Setup, workdir: str) -> Optional[Dict[str, Any]]:

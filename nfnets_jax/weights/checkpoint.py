@@ -370,6 +370,19 @@ class Checkpointer:
         pass  # an async failure was raised by wait() above (orbax raises it once)
 
 
+def saved_steps(directory: str) -> List[int]:
+  """The steps of the finished checkpoints in ``directory``, read from the file system only.
+
+  Orbax renames a step's folder to its number once the save is complete, so the numbered
+  folders are the finished checkpoints. No orbax manager is made: making one synchronises all
+  processes, so code that only some processes reach (or reach at different moments) must not.
+  """
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory)
+                if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+
+
 def resolve(path: str) -> Tuple[str, Optional[int]]:
   """(checkpoints directory, step or None) of a workdir, its ``checkpoints/`` or one step folder."""
   if os.path.isdir(os.path.join(path, "checkpoints")):

@@ -37,12 +37,7 @@ def _finetune_config(source, num_classes=4, steps=2, **overrides):
   c.eval_image_size = 0
   c.synthetic.num_classes = num_classes
   c.num_train_steps = steps
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  c.update_from_flattened_dict(overrides)  # "optimizer.freeze" -> c.optimizer.freeze
   return c
 
 

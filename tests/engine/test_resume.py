@@ -19,12 +19,7 @@ from nfnets_jax.errors import ConfigError  # noqa: E402
 def tiny(**overrides):
   c = synthetic.get_config("tiny")
   c.num_devices = 1
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  c.update_from_flattened_dict(overrides)  # "optimizer.freeze" -> c.optimizer.freeze
   return c
 
 

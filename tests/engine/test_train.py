@@ -29,12 +29,7 @@ from nfnets_jax.engine import train
 
 def tiny_config(**overrides):
   c = synthetic.get_config("tiny")
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  c.update_from_flattened_dict(overrides)  # "optimizer.freeze" -> c.optimizer.freeze
   return c
 
 
