@@ -82,12 +82,6 @@ def evaluate(eval_step: Callable, params, model_state, batches: Iterable,
           "loss": totals["loss"] / count, "count": int(round(count))}
 
 
-def format_metrics(metrics: Dict[str, float]) -> str:
-  """``top1=0.9326 top5=0.9994 loss=0.2100``; top-5 only where ``metrics`` has it (it is left out
-  for 5 classes or fewer, where it is always 1)."""
-  return " ".join(f"{k}={metrics[k]:.4f}" for k in ("top1", "top5", "loss") if k in metrics)
-
-
 def eval_config(config, *, dataset: Optional[str] = None, split: Optional[str] = None,
                 image_size: Optional[int] = None, batch_size: Optional[int] = None,
                 data_dir: Optional[str] = None):
@@ -237,7 +231,7 @@ def evaluate_checkpoint(path: str, config=None, *, arch: Optional[str] = None,
     # The size of the weights' own run or eval recipe, not the registry's default for c.model.
     log(f"note: evaluating at {c.eval_image_size}px; the eval recipe of {path} uses "
         f"{model.eval_image_size}px.")
-  top5 = num_classes > 5  # with 5 classes or fewer every label is in the top 5
+  top5 = reporting.shows_top5(num_classes)
   if model.num_classes != num_classes:
     raise EvaluationError(
         f"{path} has {model.num_classes} classes but {c.dataset} has {num_classes}: "
@@ -293,7 +287,8 @@ def evaluate_checkpoint(path: str, config=None, *, arch: Optional[str] = None,
     if not top5:
       del metrics["top5"]
     results[label] = metrics
-    log(f"{label}: {format_metrics(metrics)} ({metrics['count']} examples)")
+    log(f"{label}: {reporting.format_metrics(metrics, num_classes)} "
+        f"({metrics['count']} examples)")
   report = {
       "checkpoint": os.path.abspath(path),
       "kind": loaded["kind"],

@@ -10,7 +10,7 @@ import math
 import os
 import sys
 import time
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import jax
 import numpy as np
@@ -50,6 +50,19 @@ def json_value(value):
 def dump_json(obj, stream, **kwargs) -> None:
   """``json.dump`` of ``json_value(obj)``; other objects (a config) are written as strings."""
   json.dump(json_value(obj), stream, allow_nan=False, default=str, **kwargs)
+
+
+def shows_top5(num_classes: int) -> bool:
+  """Top-5 accuracy says something only with more than 5 classes (else every label is in it)."""
+  return int(num_classes) > 5
+
+
+def format_metrics(metrics: Dict[str, Any], num_classes: int,
+                   keys=("top1", "top5", "loss")) -> str:
+  """``'top1=0.9326 top5=0.9994 loss=0.2100'``: the ``keys`` that ``metrics`` has, top-5 only
+  where ``shows_top5``."""
+  return " ".join(f"{k}={float(metrics[k]):.4f}" for k in keys
+                  if k in metrics and (k != "top5" or shows_top5(num_classes)))
 
 
 def _scalar(value) -> float:

@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from nfnets_jax import data
+from nfnets_jax import layers
 from nfnets_jax import optim
 from nfnets_jax import pretrained
 from nfnets_jax.engine import evaluation
@@ -44,6 +45,7 @@ from nfnets_jax.weights import checkpoint
 __all__ = ["NonFiniteLossError", "train_and_evaluate"]
 
 SUMMARY_FILE = "summary.json"
+ACCURACIES = ("top1", "top5")  # the final lines: accuracies only
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -156,10 +158,10 @@ def check_previous_run(config, setup: validation.Setup, workdir: str) -> Optiona
 
 
 def finished_line(workdir: str, summary: Dict[str, Any], num_classes: int) -> str:
+  final = reporting.format_metrics(summary["final"], num_classes, ACCURACIES)
   return (f"{workdir} already holds this run finished ({summary['steps']} steps, final: "
-          f"{_accuracies(summary['final'], num_classes > 5)}): nothing to do. Pass "
-          "--config.eval_on_finished=True to evaluate it again, or a new --workdir to train "
-          "again.")
+          f"{final}): nothing to do. Pass --config.eval_on_finished=True to evaluate it again, "
+          "or a new --workdir to train again.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +239,7 @@ def count_params(run: Run) -> int:
   dummy = jax.ShapeDtypeStruct((1,) + tuple(run.setup.image_shape), jnp.float32)
   params, _ = jax.eval_shape(lambda rng, x: run.forward.init(rng, x, True),
                              jax.random.PRNGKey(0), dummy)
-  return int(sum(np.prod(p.shape, dtype=np.int64) for p in jax.tree.leaves(params)))
+  return layers.count_params(params)
 
 
 def describe_run(run: Run, num_params: int) -> str:
@@ -464,19 +466,13 @@ def evaluate_state(run: Run, rstate, step: int) -> Dict[str, Any]:
   results["eval_seconds"] = time.time() - t0
   run.writer.write(step, {k: v for k, v in results.items() if not k.endswith("count")},
                    split="eval")
-  top5 = run.setup.num_classes > 5  # with 5 classes or fewer, top-5 is always 1
-  line = f"eval @ step {step}: {_accuracies(results, top5)} loss={results['loss']:.4f}"
+  n = run.setup.num_classes
+  line = f"eval @ step {step}: {reporting.format_metrics(results, n)}"
   if "ema_top1" in results:
     ema = {k[len("ema_"):]: v for k, v in results.items() if k.startswith("ema_")}
-    line += f" | ema {_accuracies(ema, top5)}"
+    line += f" | ema {reporting.format_metrics(ema, n, ACCURACIES)}"
   run.console.print(line + f" ({results['count']} examples, {results['eval_seconds']:.1f}s)")
   return results
-
-
-def _accuracies(results: Dict[str, Any], top5: bool) -> str:
-  """``'top1=0.9326 top5=0.9994'``, or only the top-1 part."""
-  line = f"top1={results['top1']:.4f}"
-  return line + (f" top5={results['top5']:.4f}" if top5 else "")
 
 
 def make_summary(run: Run, result: LoopResult, *, start_step: int, num_params: int,
@@ -513,7 +509,8 @@ def write_summary(run: Run, summary: Dict[str, Any]) -> None:
       reporting.dump_json(summary, f, indent=2)
   if summary["preempted"]:
     return
-  top5 = run.setup.num_classes > 5
+  n = run.setup.num_classes
   if "final_ema" in summary:
-    run.console.print(f"final_ema: {_accuracies(summary['final_ema'], top5)}")
-  run.console.print(f"final: {_accuracies(summary['final'], top5)}")
+    ema = reporting.format_metrics(summary["final_ema"], n, ACCURACIES)
+    run.console.print(f"final_ema: {ema}")
+  run.console.print(f"final: {reporting.format_metrics(summary['final'], n, ACCURACIES)}")
