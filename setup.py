@@ -8,6 +8,9 @@ setup(
     packages=find_packages(include=["nfnets_jax", "nfnets_jax.*"]),
     python_requires=">=3.10",
     install_requires=[
+        # Tested: JAX 0.10.2 on CPU (CI: `make test`, 8 simulated devices, 2 processes).
+        # scripts/gpu_check.sh is written for a CUDA machine with JAX 0.11 and runs from the
+        # source tree without installing; no GPU was available to run it yet (docs/benchmarks.md).
         "jax>=0.10.0,<0.11",
         "jaxlib>=0.10.0,<0.11",
         "dm-haiku>=0.0.17",

@@ -50,6 +50,10 @@ def get_default() -> ml_collections.ConfigDict:
   # lr = base_lr * batch_size / lr_scale_batch (None: no scaling); freeze: regex of parameter
   # paths not to train; body_lr_mult: lr multiplier outside the classifier.
   c.optimizer = optim.default_optimizer_config()
+  # Sharpness-Aware Minimization (nfnets_jax/engine/sam.py): rho = 0 is plain training; the
+  # ascent gradient comes from the first batch_fraction of each device's micro-batch, per
+  # device (sync=True: averaged over all devices first).
+  c.sam = ml_collections.ConfigDict(dict(rho=0.0, batch_fraction=1.0, sync=False))
   c.ema_decay = ml_collections.config_dict.placeholder(float)
   c.ema_decay = 0.99999                 # None disables the parameter EMA
   c.nonfinite = "stop"                  # 'stop' | 'skip' on a non-finite loss
@@ -73,6 +77,21 @@ def get_default() -> ml_collections.ConfigDict:
   c.init_params = True                  # False: only architecture/sizes/normalization from
                                         # init_from, random weights (the from-scratch baseline)
   c.image_channels = 0                  # 0: the dataset's own (or the source's) channels
+  # Devices. 'pmap': every device holds the whole state (the reference). 'mesh': jax.jit over a
+  # (data, fsdp) mesh; parameters, optimizer state and EMA are sharded over fsdp devices (1 =
+  # replicated; must divide the device count). Same numbers, same checkpoints, either way.
+  c.parallel = "pmap"
+  c.fsdp = 1
+  # 'blocks': recompute each residual block's activations in the backward pass (same numbers,
+  # less activation memory, ~1/3 more compute).
+  c.remat = "none"
+  # JAX's persistent compilation cache (nfnets_jax/engine/compile_cache.py): 'auto' = the
+  # JAX_COMPILATION_CACHE_DIR environment variable, else ~/.cache/nfnets_jax/
+  # jax_compilation_cache; a path; '' = off. A second launch skips recompiling its first step.
+  c.compilation_cache_dir = "auto"
+  # A jax.profiler trace of train steps [start, stop) into workdir/profile (TensorBoard's
+  # profile plugin or Perfetto), e.g. (10, 13); None: off.
+  c.profile_steps = ml_collections.config_dict.placeholder(tuple)
   # Engine knobs (rarely changed).
   c.num_devices = ml_collections.config_dict.placeholder(int)  # first N local devices (1 process)
   c.debug_nan_at_step = ml_collections.config_dict.placeholder(int)  # test hook: NaN at step

@@ -14,9 +14,11 @@ at 0.04 with the whole classifier excluded ('paper'), weight decay 1e-5, label s
 EMA 0.99; flips and pad-crop (<= 64 px) or inception crops.
 Options: ``--config.optimizer.freeze='^(?!.*/~/linear/)'`` trains only the classifier (a linear
 probe); ``--config.optimizer.body_lr_mult=0.1`` a lower learning rate for the body;
-``--config.num_epochs=N``; ``--config.reinit_head=True``; ``--config.init_params=False`` the
-same run from random weights (the from-scratch baseline); ``--config.dataset=cifar10`` any
-TFDS dataset. Rerunning the command resumes; SIGTERM saves and exits.
+``--config.num_epochs=N``; ``--config.sam.rho=0.05 --config.sam.batch_fraction=0.2`` adds SAM
+(nfnets_jax/engine/sam.py; measured on the demo in docs/benchmarks.md);
+``--config.reinit_head=True``; ``--config.init_params=False`` the same run from random weights
+(the from-scratch baseline); ``--config.dataset=cifar10`` any TFDS dataset. Rerunning the
+command resumes; SIGTERM saves and exits.
 
 ``configs/finetune.py:demo`` is ``make finetune``: the Fashion-MNIST demo model of ``make
 train`` fine-tuned on scikit-learn's handwritten digits written as an image folder (no flips:

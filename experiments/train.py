@@ -17,6 +17,7 @@ from ml_collections import config_flags  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from nfnets_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
 from nfnets_jax import engine  # noqa: E402  pylint: disable=wrong-import-position
+from nfnets_jax.engine import compile_cache  # noqa: E402  pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
@@ -44,6 +45,8 @@ def main(argv):
       kwargs = dict(coordinator_address=FLAGS.coordinator_address,
                     num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     jax.distributed.initialize(**kwargs)
+  # Before anything compiles: a relaunch reads its compiled steps from disk.
+  compile_cache.enable(FLAGS.config.get("compilation_cache_dir", compile_cache.AUTO))
   engine.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

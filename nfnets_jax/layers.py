@@ -373,8 +373,58 @@ def stochastic_depth(x: jax.Array, drop_rate: float, is_training: bool,
 def drop_examples(x: jax.Array, keep, rng: jax.Array) -> jax.Array:
   """``x * floor(keep + U[0, 1))`` per example; ``keep`` may be traced (scanned blocks)."""
   shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-  r = jax.random.uniform(rng, shape, dtype=x.dtype)
+  r = example_uniform(rng, shape, x.dtype)
   return x * jnp.floor(keep + r)
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+  """Inverted dropout (``hk.dropout``'s rule: keep with 1 - rate, scale by 1 / (1 - rate)), with
+  each example's mask drawn from its own id (:func:`example_uniform`)."""
+  if not rate:
+    return x
+  keep = 1.0 - rate
+  mask = example_uniform(rng, x.shape, x.dtype) < keep
+  return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+# Layout-free randomness. Stochastic depth and dropout draw example i's uniforms from
+# ``fold_in(rng, id_i)``, where ``id_i`` is the example's index in the global batch of the step
+# (set by the engine, see ``example_ids``; ``arange(batch)`` when unset). The key ``rng`` is the
+# same on every device, so one device, eight devices, pmap and the mesh engine, with or without
+# gradient accumulation, draw the same masks for the same examples.
+_IDS = threading.local()
+
+
+@contextlib.contextmanager
+def example_ids(ids: jax.Array):
+  """Within the block, per-example random draws use ``ids`` (int [batch]: each example's index in
+  the global batch) instead of ``arange(batch)``."""
+  prev = getattr(_IDS, "ids", None)
+  _IDS.ids = ids
+  try:
+    yield
+  finally:
+    _IDS.ids = prev
+
+
+def current_example_ids() -> Optional[jax.Array]:
+  """The ids set by the innermost :func:`example_ids`, or None."""
+  return getattr(_IDS, "ids", None)
+
+
+def example_uniform(rng: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+  """U[0, 1) of ``shape`` (leading axis = examples); example i's draw comes from
+  ``fold_in(rng, id_i)`` alone, so it does not depend on how the batch is split."""
+  batch = shape[0]
+  ids = current_example_ids()
+  if ids is None:
+    ids = jnp.arange(batch, dtype=jnp.int32)
+  elif ids.shape != (batch,):
+    raise ValueError(
+        f"example_ids has shape {ids.shape} but the batch has {batch} examples: set "
+        "layers.example_ids to the ids of exactly the examples the model is applied to.")
+  draw = lambda i: jax.random.uniform(jax.random.fold_in(rng, i), tuple(shape[1:]), dtype)
+  return jax.vmap(draw)(ids)
 
 
 class StochDepth(hk.Module):
@@ -452,6 +502,12 @@ def folded_weights():
     _FOLD.mode = prev
 
 
+def recording_folds() -> bool:
+  """True while :func:`fold_weight_standardization` runs the model to record its kernels: a
+  model with scanned stages then runs block by block (a scan body cannot hand values out)."""
+  return _fold_mode() == "record"
+
+
 def fold_weight_standardization(forward, params, state, sample_images):
   """Parameters for inference: each WSConv2D's ``w`` replaced by its standardized kernel.
 
@@ -475,6 +531,11 @@ def fold_weight_standardization(forward, params, state, sample_images):
 
   weights = jax.jit(record)(params, state, sample_images)
   out = {k: dict(v) for k, v in params.items()}
+  missing = sorted(set(weights) - set(out))
+  if missing:
+    raise ValueError(
+        f"fold_weight_standardization: the model ran convolutions {missing[:3]}... that are "
+        "not modules of params; pass per-block parameters (models.unstack_blocks(params)).")
   for name, kernel in weights.items():
     out[name]["w"] = kernel.astype(params[name]["w"].dtype)
   return type(params)(out) if isinstance(params, dict) else out

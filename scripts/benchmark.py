@@ -5,13 +5,19 @@ Examples (see docs/benchmarks.md for the measured tables):
   python scripts/benchmark.py --model=nfnet_f0 --batch=8 --image_size=192 --mode=train
   python scripts/benchmark.py --mode=train --compare=impl     # native vs split grouped convs
   python scripts/benchmark.py --mode=train --compare=agc      # sgd_agc vs sgd, interleaved
+  python scripts/benchmark.py --mode=train --compare=sam      # no SAM vs SAM at 1.0 and 0.2
   python scripts/benchmark.py --mode=eval --compare=fold      # inference-folded WS vs not
   python scripts/benchmark.py --mode=train --compare=timm     # vs timm dm_nfnet_f0 (torch)
   python scripts/benchmark.py --sweep --sweep_batches=1,4,8 --sweep_modes=train,eval
   python scripts/benchmark.py --sweep --sweep_models=nfnet_f0,nfnet_f3,nfnet_f7 \
       --sweep_batches=1 --compile_only                      # compile time of the first step
   python scripts/benchmark.py --input_pipeline               # ImageNet train pipeline img/s
+  python scripts/benchmark.py --pipeline_only --compare=timm  # pipeline vs timm's, same JPEGs
   python scripts/benchmark.py --mode=checkpoint --batch=2     # stall per save, sync vs async
+  python scripts/benchmark.py --mode=engine --engine_models=nfnet_f0,nfnet_f7 \
+      --precision=bfloat16                                  # per-device memory: fsdp, remat
+  python scripts/benchmark.py --mode=engine --engine_run --engine_layouts=pmap,mesh:1 \
+      --engine_remat=none --precision=bfloat16 --per_device_batch=32   # img/s and MFU (GPU)
 
 On a GPU run the same commands with ``--precision=bfloat16`` and a larger ``--batch``; 'auto'
 grouped convolutions resolve to the native kernel there and the peak is a bf16 matmul.
@@ -30,13 +36,16 @@ from absl import flags  # noqa: E402
 
 from nfnets_jax import cli  # noqa: E402  pylint: disable=wrong-import-position
 from nfnets_jax import models  # noqa: E402  pylint: disable=wrong-import-position
+from nfnets_jax.engine import compile_cache  # noqa: E402  pylint: disable=wrong-import-position
 from nfnets_jax.research import benchmark  # noqa: E402  pylint: disable=wrong-import-position
+from nfnets_jax.research import engine_benchmark  # noqa: E402  pylint: disable=wrong-import-position
+from nfnets_jax.research import pipeline_benchmark  # noqa: E402  pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "nfnet_f0", "Registered model name.")
 flags.DEFINE_integer("batch", 8, "Batch size.", lower_bound=1)
 flags.DEFINE_integer("image_size", 0, "0 = the model's train size (train) or test size (eval).")
-flags.DEFINE_enum("mode", "train", list(benchmark.MODES) + ["checkpoint"],
+flags.DEFINE_enum("mode", "train", list(benchmark.MODES) + ["checkpoint", "engine"],
                   "checkpoint: training stall per save, sync vs async (--ckpt_targets).")
 flags.DEFINE_list("ckpt_targets", ["demo", "f0"],
                   "--mode=checkpoint: demo (configs/fashion_mnist.py, batch 128) and/or f0 "
@@ -52,11 +61,19 @@ flags.DEFINE_integer("num_classes", 1000, "Classifier size.")
 cli.define_model_kw("model_kw", "--model")
 flags.DEFINE_integer("steps", 5, "Timed steps (per variant).", lower_bound=1)
 flags.DEFINE_integer("warmup", 1, "Untimed steps after the first call.", lower_bound=0)
-flags.DEFINE_enum("compare", None, ["impl", "agc", "fold", "timm"],
+flags.DEFINE_enum("compare", None, ["impl", "agc", "fold", "timm", "sam"],
                   "impl: native vs split grouped convs; agc: sgd_agc vs sgd; fold (eval): "
                   "weight standardization folded once vs every forward; timm: ours vs timm's "
-                  "dm_* model (torch, lazily imported; eval: ours unfolded and folded). "
-                  "Interleaved.")
+                  "dm_* model (torch, lazily imported; eval: ours unfolded and folded); sam: "
+                  "no SAM vs SAM at batch fraction 1.0 and --sam_batch_fraction. Interleaved.")
+flags.DEFINE_float("sam_rho", 0.05, "--compare=sam: SAM radius.")
+flags.DEFINE_float("sam_batch_fraction", 0.2,
+                   "--compare=sam: the cheap variant's ascent fraction (the paper's runs).")
+flags.DEFINE_multi_string(
+    "xla_variant", None, "'name=value[;name=value]' XLA compile options (DebugOptions fields, "
+    "e.g. xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT); each adds "
+    "a variant of the step compiled with them, timed in the same interleaved rounds (also "
+    "with --compare=timm in train mode). Repeatable.")
 flags.DEFINE_bool("fold_ws", False, "Eval: fold the weight standardization into the kernels "
                   "once per parameter set (layers.fold_weight_standardization).")
 flags.DEFINE_integer("update_rounds", 20,
@@ -74,8 +91,22 @@ flags.DEFINE_bool("input_pipeline", False,
                   "Also measure the ImageNet train input pipeline on generated JPEGs.")
 flags.DEFINE_integer("pipeline_images", 256, "Generated JPEGs for --input_pipeline.")
 flags.DEFINE_integer("pipeline_batches", 10, "Timed batches.")
-flags.DEFINE_bool("pipeline_only", False, "Only the input pipeline.")
+flags.DEFINE_bool("pipeline_only", False, "Only the input pipeline. With --compare=timm: "
+                  "ours vs timm's loader on one folder of generated JPEGs "
+                  "(research/pipeline_benchmark.py).")
+flags.DEFINE_integer("pipeline_rounds", 3, "--pipeline_only --compare=timm: alternating rounds.",
+                     lower_bound=1)
+flags.DEFINE_bool("pipeline_profile", False, "--pipeline_only: also time each stage of one "
+                  "image (ours and, with --compare=timm, timm's).")
 flags.DEFINE_string("json", None, "Write all results to this JSON file.")
+flags.DEFINE_list("engine_models", None, "--mode=engine: models (default: --model).")
+flags.DEFINE_list("engine_layouts", ["mesh:1", "mesh:8"],
+                  "--mode=engine: 'pmap' or 'mesh:FSDP' per layout, over every device.")
+flags.DEFINE_list("engine_remat", ["none", "blocks"], "--mode=engine: config.remat values.")
+flags.DEFINE_integer("per_device_batch", 4, "--mode=engine: examples per device.",
+                     lower_bound=1)
+flags.DEFINE_bool("engine_run", False, "--mode=engine: also run each step (img/s, MFU); "
+                  "without it only the compiled memory analysis (from shapes, no allocation).")
 
 
 def _image_size(model: str, mode: str, requested: int) -> int:
@@ -115,6 +146,14 @@ def build_configs(args) -> List[benchmark.BenchConfig]:
       raise app.UsageError("--compare=agc needs --mode=train.")
     return [benchmark.BenchConfig(grouped_conv_impl=args.grouped_conv_impl, agc=True, **one),
             benchmark.BenchConfig(grouped_conv_impl=args.grouped_conv_impl, agc=False, **one)]
+  if args.compare == "sam":
+    if args.mode != "train":
+      raise app.UsageError("--compare=sam needs --mode=train.")
+    kw = dict(one, grouped_conv_impl=args.grouped_conv_impl, agc=not args.no_agc)
+    return [benchmark.BenchConfig(**kw),
+            benchmark.BenchConfig(sam_rho=args.sam_rho, sam_batch_fraction=1.0, **kw),
+            benchmark.BenchConfig(sam_rho=args.sam_rho,
+                                  sam_batch_fraction=args.sam_batch_fraction, **kw)]
   if args.compare == "fold" or (args.compare == "timm" and args.mode == "eval"):
     if args.mode != "eval":
       raise app.UsageError("--compare=fold needs --mode=eval.")
@@ -122,7 +161,20 @@ def build_configs(args) -> List[benchmark.BenchConfig]:
                                   **one),
             benchmark.BenchConfig(grouped_conv_impl=args.grouped_conv_impl, fold_ws=True, **one)]
   return [benchmark.BenchConfig(grouped_conv_impl=args.grouped_conv_impl,
-                                   agc=not args.no_agc, fold_ws=args.fold_ws, **one)]
+                                agc=not args.no_agc, fold_ws=args.fold_ws, xla_options=opts,
+                                **one)
+          for opts in [{}] + [_xla_options(v) for v in args.xla_variant or []]]
+
+
+def _xla_options(spec: str) -> dict:
+  """'a=1;b=x,y' -> {'a': '1', 'b': 'x,y'} (values stay strings; XLA parses them)."""
+  opts = {}
+  for item in filter(None, spec.split(";")):
+    name, sep, value = item.partition("=")
+    if not sep or not name.strip():
+      raise app.UsageError(f"--xla_variant: expected name=value[;name=value], got {spec!r}.")
+    opts[name.strip()] = value.strip()
+  return opts
 
 
 def _fmt(x, spec):
@@ -173,13 +225,53 @@ def checkpoint_main(args) -> None:
     print(f"wrote {args.json}")
 
 
+def engine_main(args) -> None:
+  """``--mode=engine``: per-device compiled memory (and with --engine_run img/s and MFU) of the
+  engine's train step for each model x layout x remat (research/engine_benchmark.py)."""
+  cases = []
+  for model in args.engine_models or [args.model]:
+    for remat in args.engine_remat:
+      for layout in args.engine_layouts:
+        mode, _, fsdp = layout.partition(":")
+        if mode not in ("pmap", "mesh") or (mode == "pmap" and fsdp):
+          raise app.UsageError(f"--engine_layouts: 'pmap' or 'mesh:FSDP', got {layout!r}.")
+        cases.append(engine_benchmark.EngineCase(
+            model=model, per_device_batch=args.per_device_batch, image_size=args.image_size,
+            precision=args.precision, parallel=mode, fsdp=int(fsdp or 1), remat=remat,
+            num_classes=args.num_classes, model_kwargs=cli.model_kwargs(args)))
+  out = dict(machine=benchmark.machine_info(), argv=list(sys.argv), memory=[], throughput=[])
+  for case in cases:
+    print(f"compiling {case.name} ...", flush=True)
+    out["memory"].append(engine_benchmark.memory(case))
+    if args.engine_run:
+      out["throughput"].append(engine_benchmark.throughput(case, steps_timed=args.steps,
+                                                           warmup=args.warmup))
+  print(engine_benchmark.memory_table(out["memory"]))
+  if out["throughput"]:
+    print(engine_benchmark.throughput_table(out["throughput"]))
+  print(json.dumps(out["memory"] + out["throughput"]))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(out, f, indent=1)
+    print(f"wrote {args.json}")
+
+
 def main(argv: List[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if FLAGS.compare and FLAGS.sweep:
     raise app.UsageError("--compare and --sweep are exclusive; run them separately.")
+  # Compile times are measured, never read back from a persistent cache (JAX_COMPILATION_CACHE_DIR).
+  compile_cache.disable()
+  if FLAGS.xla_variant and (FLAGS.sweep or FLAGS.mode == "checkpoint" or FLAGS.compare not in (
+      None, "timm") or (FLAGS.compare == "timm" and FLAGS.mode != "train")):
+    raise app.UsageError("--xla_variant adds variants to a single config (no --sweep, "
+                         "--mode=checkpoint or --compare other than timm in train mode).")
   if FLAGS.mode == "checkpoint":
     checkpoint_main(FLAGS)
+    return
+  if FLAGS.mode == "engine":
+    engine_main(FLAGS)
     return
   measure_main(FLAGS)
 
@@ -232,6 +324,9 @@ def measure_main(args) -> None:
       out["comparisons"].append(benchmark.ratio(results, 1, 0, "split_over_native"))
     elif args.compare == "fold":
       out["comparisons"].append(benchmark.ratio(results, 1, 0, "folded_over_unfolded"))
+    elif args.compare == "sam":
+      out["comparisons"].append(benchmark.ratio(results, 1, 0, "sam_full_over_plain"))
+      out["comparisons"].append(benchmark.ratio(results, 2, 0, "sam_fraction_over_plain"))
     elif args.compare == "timm":
       for i in range(len(cfgs)):
         out["comparisons"].append(benchmark.ratio(results, i, len(results) - 1, "ours_over_timm"))
@@ -255,7 +350,16 @@ def measure_main(args) -> None:
         print(f"  {c['numerator']} / {c['denominator']}: throughput x{c['throughput_ratio']:.2f}"
               f" (per-round step-time ratio {c['step_time_ratio_per_round_median']:.3f})")
     out["load_average_end"] = list(os.getloadavg())
-  if args.input_pipeline or args.pipeline_only:
+  if args.pipeline_only and args.pipeline_profile:
+    prof = pipeline_benchmark.profile_stages(with_timm=args.compare == "timm")
+    out["pipeline_profile"] = prof
+    print(pipeline_benchmark.profile_table(prof), flush=True)
+  if args.pipeline_only and args.compare == "timm":
+    out["input_pipeline"] = pipeline_benchmark.compare(
+        num_images=args.pipeline_images, batches=args.pipeline_batches,
+        rounds=args.pipeline_rounds, log=lambda s: print(s, flush=True))
+    print(pipeline_benchmark.summary(out["input_pipeline"]))
+  elif args.input_pipeline or args.pipeline_only:
     out["input_pipeline"] = benchmark.input_pipeline_benchmark(
         num_images=args.pipeline_images, batches=args.pipeline_batches,
         log=lambda s: print(s, flush=True))

@@ -32,8 +32,9 @@ def test_folded_eval_logits_equal_faithful(weight_std):
   ref = native.apply(params, state, None, x, False)[0]["logits"]
   for impl in ("native", "split"):
     f = _forward(impl, weight_std=weight_std)
-    folded = layers.fold_weight_standardization(f, params, state, x[:1, :32, :32])
-    assert jax.tree.structure(folded) == jax.tree.structure(params)
+    per_block = models.unstack_blocks(params)  # the fold names each block's kernels
+    folded = layers.fold_weight_standardization(f, per_block, state, x[:1, :32, :32])
+    assert jax.tree.structure(folded) == jax.tree.structure(per_block)
     with layers.folded_weights():
       got = jax.jit(lambda p, s, x, f=f: f.apply(p, s, None, x, False)[0]["logits"])(
           folded, state, x)

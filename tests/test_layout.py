@@ -153,7 +153,9 @@ def test_imports_inside_functions_are_only_for_heavy_optional_packages():
   light = [f"{p.relative_to(ROOT)}:{line}: {name}" for p, line, name in inside
            if name.split(".")[0] not in HEAVY and not name.startswith("nfnets_jax.data")]
   assert not light, "import these at module level:\n" + "\n".join(light)
-  assert len(inside) <= 20, [f"{p.name}:{line} {n}" for p, line, n in inside]
+  # 20 at issue 24; research/pipeline_benchmark.py adds 9 (TensorFlow for ours; torch, timm and
+  # PIL for timm's loader, which is optional), each loaded only when that side runs.
+  assert len(inside) <= 29, [f"{p.name}:{line} {n}" for p, line, n in inside]
 
 
 def test_module_graph_has_no_cycle():

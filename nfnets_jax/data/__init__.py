@@ -27,7 +27,7 @@ SYNTHETIC = synthetic.NAME
 
 # Modules that import TensorFlow or TFDS, and the public names taken from one of them.
 _TF_MODULES = ("fashion_mnist", "folder", "image_files", "mixing", "pipeline", "preprocessing",
-               "randaugment")
+               "randaugment", "randaugment_batch")
 _FROM_PIPELINE = ("DatasetInfo", "eval_dataset", "list_supported", "shard_bounds",
                   "train_dataset")
 

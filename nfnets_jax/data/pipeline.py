@@ -26,6 +26,7 @@ from nfnets_jax.data import folder
 from nfnets_jax.data import mixing
 from nfnets_jax.data import preprocessing
 from nfnets_jax.data import randaugment as randaugment_lib
+from nfnets_jax.data import randaugment_batch
 
 try:  # TF only feeds the host; leave accelerators to JAX.
   tf.config.set_visible_devices([], "GPU")
@@ -270,7 +271,31 @@ def _augment_cfg(config):
               pad_mode=str(get("pad_mode", "reflect")),
               ra_layers=int(get("randaugment_layers", 0) or 0),
               ra_magnitude=float(get("randaugment_magnitude", 0) or 0),
-              mixup_alpha=float(get("mixup_alpha", 0) or 0), cutmix=bool(get("cutmix", False)))
+              mixup_alpha=float(get("mixup_alpha", 0) or 0), cutmix=bool(get("cutmix", False)),
+              ra_impl=_ra_impl(get("randaugment_impl", "per_example")))
+
+
+RANDAUGMENT_IMPLS = ("per_example", "batch")
+
+
+def _ra_impl(name) -> str:
+  """``config.augment.randaugment_impl``: 'per_example' (one image per tf.data element, the
+  default) or 'batch' (randaugment_batch: each drawn op once on its group of the batch). Both
+  give the same images; 'batch' was not measurably faster (docs/benchmarks.md)."""
+  name = str(name or "per_example")
+  if name not in RANDAUGMENT_IMPLS:
+    raise ConfigError(f"config.augment.randaugment_impl={name!r}; expected one of "
+                      f"{RANDAUGMENT_IMPLS}.")
+  return name
+
+
+def train_batch_keys(seed: int, process_index: int, step) -> tf.Tensor:
+  """[3, 2] stateless keys of train batch ``step`` of a process: pad-crop, flip, mixing.
+
+  A function of (seed, process, step) only, so a resumed stream draws the same."""
+  return tf.random.experimental.stateless_split(
+      tf.stack([tf.constant(_mix_seed(seed, process_index, 3), tf.int64),
+                tf.cast(step, tf.int64)]), 3)
 
 
 def train_iterator(config, *, per_device_batch: int, num_devices: Optional[int] = None,
@@ -317,7 +342,6 @@ def train_dataset(config, *, per_device_batch: int, num_devices: Optional[int] =
 
   base_seed = _mix_seed(seed, process_index, 1)
   elem_seed = _mix_seed(seed, process_index, 2)
-  batch_seed = _mix_seed(seed, process_index, 3)
   start_elem = start_step * batch
   first_epoch, skip = divmod(start_elem, n)
 
@@ -343,6 +367,13 @@ def train_dataset(config, *, per_device_batch: int, num_devices: Optional[int] =
 
   # Per-example work: everything that cannot be vectorized over a batch of equal shapes.
   vectorized = in_memory and preproc != "inception_crop"
+  # After an inception crop, the flip (the batch's draw for this example) is done here, on one
+  # image: the same values as flip_batch on the batch, without a pass over unflipped images.
+  flip_here = aug["flip"] and preproc == "inception_crop"
+
+  def batch_keys(step):
+    return train_batch_keys(seed, process_index, step)
+
   if not vectorized:
     def first_stage(x, index):
       if in_memory:
@@ -354,11 +385,16 @@ def train_dataset(config, *, per_device_batch: int, num_devices: Optional[int] =
         image = preprocessing.inception_crop(image, key, size, channels)
       else:
         image = preprocessing.resize_if_needed(image, size, channels)
+      if flip_here:
+        flip = preprocessing.flip_draws(batch_keys(index // batch)[1], batch)[index % batch]
+        image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
       return image, label, index
 
   if not vectorized:
     ds = ds.map(first_stage, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch, drop_remainder=True)
+  ra_batched = aug["ra_layers"] > 0 and aug["ra_impl"] == "batch"
+  ra_key = _mix_seed(seed, process_index, 4)
 
   def batch_stage(*args):
     if vectorized:
@@ -371,22 +407,24 @@ def train_dataset(config, *, per_device_batch: int, num_devices: Optional[int] =
     else:
       images, labels, index = args
       images = tf.cast(images, tf.float32)
-    step = index[0] // batch
-    keys = tf.random.experimental.stateless_split(
-        tf.stack([tf.constant(batch_seed, tf.int64), step]), 3)
+    keys = batch_keys(index[0] // batch)
     if preproc == "pad_crop" and aug["pad"] > 0:
       images = preprocessing.pad_crop_batch(images, keys[0], aug["pad"], aug["pad_mode"])
-    if aug["flip"]:
+    if aug["flip"] and not flip_here:
       images = preprocessing.flip_batch(images, keys[1])
     onehot = tf.one_hot(labels, num_classes, dtype=tf.float32)
     images, onehot = mixing.mix_batch(images, onehot, keys[2], aug["mixup_alpha"], aug["cutmix"])
+    if ra_batched:  # RandAugment after mixing, each image keyed by its example index.
+      ra_keys = tf.stack([tf.fill(tf.shape(index), tf.constant(ra_key, tf.int64)), index], 1)
+      images = randaugment_batch.randaugment_batch(images, ra_keys, aug["ra_layers"],
+                                                   aug["ra_magnitude"])
     return images, onehot, index
 
   ds = ds.map(batch_stage, num_parallel_calls=tf.data.AUTOTUNE)
 
-  if aug["ra_layers"] > 0:  # RandAugment after mixing, per example.
+  if aug["ra_layers"] > 0 and not ra_batched:  # the same RandAugment, one image at a time
     def ra(image, label, index):
-      key = tf.stack([tf.constant(_mix_seed(seed, process_index, 4), tf.int64), index])
+      key = tf.stack([tf.constant(ra_key, tf.int64), index])
       return (randaugment_lib.randaugment(image, key, aug["ra_layers"], aug["ra_magnitude"]),
               label, index)
     ds = ds.unbatch().map(ra, num_parallel_calls=tf.data.AUTOTUNE).batch(batch)

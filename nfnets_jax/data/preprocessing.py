@@ -255,8 +255,13 @@ def pad_crop_batch(images: tf.Tensor, seed: tf.Tensor, pad: int, mode: str = "re
   return out
 
 
+def flip_draws(seed: tf.Tensor, batch) -> tf.Tensor:
+  """bool [batch]: which images of a batch ``flip_batch`` flips (so one image can be flipped
+  on its own, with the same draw)."""
+  return tf.random.stateless_uniform([batch], seed=seed) < 0.5
+
+
 def flip_batch(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   """Horizontal flip of each image with probability 1/2."""
-  b = tf.shape(images)[0]
-  flip = tf.random.stateless_uniform([b], seed=seed) < 0.5
+  flip = flip_draws(seed, tf.shape(images)[0])
   return tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)

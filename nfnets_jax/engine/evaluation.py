@@ -68,13 +68,14 @@ def make_sum_fn(apply_fn: Callable) -> Callable:
 
 
 def evaluate(eval_step: Callable, params, model_state, batches: Iterable,
-             devices=None) -> Dict[str, float]:
-  """Runs the pmapped ``eval_step`` over ``batches`` (host dicts shaped [local_devices, ...]).
+             devices=None, engine: Optional[parallel.Engine] = None) -> Dict[str, float]:
+  """Runs the engine's ``eval_step`` over ``batches`` (host dicts shaped [local_devices, ...]).
 
-  ``params``/``model_state`` are replicated. Returns ``top1``, ``top5`` and ``loss`` as
+  ``params``/``model_state`` are on the devices as ``engine`` (default: pmap over ``devices``)
+  placed them. Returns ``top1``, ``top5`` and ``loss`` as
   fractions / means over the examples, and ``count`` (the number of examples seen).
   """
-  totals = sum_over(eval_step, params, model_state, batches, devices)
+  totals = sum_over(eval_step, params, model_state, batches, devices, engine)
   count = totals["count"]
   if count <= 0:
     raise EvaluationError("The evaluation split has no (unmasked) examples.")
@@ -128,15 +129,17 @@ def _with_progress(batches, num_batches: int, log: Callable[[str], None], label:
           f"{elapsed:.0f}s elapsed, ETA {eta:.0f}s")
 
 
-def sum_over(eval_step: Callable, params, model_state, batches, devices=None) -> Dict[str, float]:
-  """Totals of the pmapped ``eval_step`` over ``batches``, summed over devices and hosts."""
+def sum_over(eval_step: Callable, params, model_state, batches, devices=None,
+             engine: Optional[parallel.Engine] = None) -> Dict[str, float]:
+  """Totals of the engine's ``eval_step`` over ``batches``, summed over devices and hosts."""
+  engine = engine or parallel.PmapEngine(devices or jax.local_devices(), devices)
   totals = None
-  for batch in parallel.prefetch(batches, devices=devices):
+  for batch in engine.batches(batches):
     sums = eval_step(params, model_state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if totals is None:
     raise EvaluationError("The evaluation split yielded no batches.")
-  return {k: float(v) for k, v in parallel.unreplicate(totals).items()}
+  return {k: float(v) for k, v in engine.get(totals).items()}
 
 
 RECIPES = ("source", "config")

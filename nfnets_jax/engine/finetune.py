@@ -21,6 +21,7 @@ import numpy as np
 
 from nfnets_jax import pretrained
 from nfnets_jax.errors import ConfigError, UserError
+from nfnets_jax.models import stacking
 from nfnets_jax.optim import agc
 
 SOURCE = "source"  # config value meaning "take it from init_from"
@@ -78,12 +79,16 @@ def _flat(tree) -> Dict[Tuple[str, str], Any]:
 
 def init_state(state: Dict[str, Any], source: pretrained.Pretrained, config, tx,
                log=print) -> Dict[str, Any]:
-  """``state`` (freshly initialised for ``config``) with the source's parameters copied in."""
-  params = state["params"]
+  """``state`` (freshly initialised for ``config``) with the source's parameters copied in.
+
+  Compared and copied block by block (``stacking.unstack_blocks``), then put back into the
+  state's layout (stacked blocks or not), whatever the source's layout."""
+  layout = state["params"]
+  params = stacking.unstack_blocks(layout)
   head = agc.find_classifier(params)
   num_classes = int(np.shape(params[head]["w"])[-1])
   reinit_head = bool(config.get("reinit_head", False)) or source.num_classes != num_classes
-  ours, theirs = _flat(params), _flat(source.params)
+  ours, theirs = _flat(params), _flat(stacking.unstack_blocks(source.params))
   missing = sorted(k for k in ours if k not in theirs and not (reinit_head and k[0] == head))
   unexpected = sorted(k for k in theirs if k not in ours and not (reinit_head and k[0] == head))
   wrong = sorted(f"{m}/{n}: ours {np.shape(ours[(m, n)])} vs source "
@@ -104,6 +109,7 @@ def init_state(state: Dict[str, Any], source: pretrained.Pretrained, config, tx,
                  else np.asarray(theirs[(m, n)], np.asarray(v).dtype).copy())
              for n, v in values.items()}
          for m, values in params.items()}
+  new = stacking.match_layout(new, layout)
   out = dict(state)
   out["params"] = new
   if source.state and state.get("model_state"):
@@ -126,7 +132,7 @@ def frozen_summary(params, freeze: str) -> str:
   if not freeze:
     return ""
   pattern = re.compile(freeze)
-  paths = agc.param_paths(params)
+  paths = agc.param_paths(stacking.unstack_blocks(params))  # the names users write
   frozen = [p for p in paths if pattern.search(p)]
   if not frozen:
     raise ConfigError(f"config.optimizer.freeze={freeze!r} matches no parameter path (paths look "

@@ -1,11 +1,13 @@
-"""Data parallelism with ``jax.pmap``: the only module that knows about devices and collectives.
+"""The two device engines, and the only module that knows about devices and collectives.
 
-Layout: every array that a pmapped function sees has a leading axis of size
-``jax.local_device_count()`` (one slice per local device). Replicated values (the train state)
-are copies along that axis; batches are split along it. Across processes, ``pmap`` with
-``axis_name=AXIS`` spans all devices of all processes, so ``lax.pmean`` over ``AXIS`` averages over
-the global batch. A jit + sharding engine could replace this module without touching the
-training loop: it only needs ``replicate``/``unreplicate``/``shard`` and the two step factories.
+``config.parallel='pmap'`` (default, the reference's data parallelism): every array a pmapped
+function sees has a leading axis of size ``jax.local_device_count()``; the train state is
+replicated along it, batches are split along it, and ``lax.pmean`` over ``AXIS`` spans all devices
+of all processes. ``config.parallel='mesh'``: ``jax.jit`` over a ``(data, fsdp)`` device mesh with
+the state sharded over ``fsdp`` (``config.fsdp``; see ``MeshEngine``). Both run the same
+per-device gradient code (``device_grads``), so they give the same numbers, and both save host
+(numpy) states: a run saved under one engine or mesh shape resumes under another. The training
+loop talks to either through ``Engine`` (``make_engine(config)``).
 """
 from __future__ import annotations
 
@@ -14,8 +16,11 @@ import itertools
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
+
+from nfnets_jax import layers
 
 AXIS = "batch"
 
@@ -103,9 +108,50 @@ def check_batch_layout(batch_size: int, per_device_batch_size: Optional[int],
   return micro, per_device_total // micro
 
 
-def per_device_rng(rng: jax.Array, step: jax.Array) -> jax.Array:
-  """Inside pmap: a key unique to (``step``, global device index)."""
-  return jax.random.fold_in(jax.random.fold_in(rng, step), jax.lax.axis_index(AXIS))
+def step_rng(rng: jax.Array, step: jax.Array) -> jax.Array:
+  """The key of a train step: the same on every device and micro-batch (layout-free)."""
+  return jax.random.fold_in(rng, step)
+
+
+def device_grads(grad_fn: "GradFn", params, model_state, batch, rng, step, *,
+                 accumulation_steps: int, device_index):
+  """One device's share of a train step, before any cross-device reduction.
+
+  Splits the device's ``k * micro`` examples into ``k`` micro-batches (``lax.scan``) and averages
+  their gradients and metrics. Example ``e`` of the device's share has the global id
+  ``device_index * k * micro + e`` (the row it holds in the global batch), set with
+  ``layers.example_ids`` around each ``grad_fn`` call: stochastic depth and dropout then draw
+  every example's mask from its id and the step's key alone, so the numbers do not depend on the
+  number of devices, the engine or the accumulation split.
+  """
+  k = int(accumulation_steps)
+  rng = step_rng(rng, step)
+  per_device = jax.tree.leaves(batch)[0].shape[0]
+  micro = per_device // k
+  first_id = device_index * per_device
+
+  def run(micro_batch, model_state, index):
+    ids = (first_id + index * micro + jnp.arange(micro)).astype(jnp.int32)
+    with layers.example_ids(ids):
+      return grad_fn(params, model_state, micro_batch, rng)
+
+  if k == 1:
+    grads, (model_state, metrics) = run(batch, model_state, 0)
+    return grads, model_state, metrics
+  micro_batches = jax.tree.map(lambda x: x.reshape((k, micro) + x.shape[1:]), batch)
+
+  def body(carry, inputs):
+    grad_sum, model_state = carry
+    index, micro_batch = inputs
+    grads, (model_state, metrics) = run(micro_batch, model_state, index)
+    return (jax.tree.map(jnp.add, grad_sum, grads), model_state), metrics
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  (grad_sum, model_state), metrics = jax.lax.scan(
+      body, (zeros, model_state), (jnp.arange(k), micro_batches))
+  grads = jax.tree.map(lambda g: g / k, grad_sum)
+  metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+  return grads, model_state, metrics
 
 
 GradFn = Callable[..., Tuple[Any, Tuple[Any, Dict[str, jax.Array]]]]
@@ -129,32 +175,14 @@ def make_train_step(grad_fn: GradFn, update_fn: Callable, *, accumulation_steps:
       collectives process-local.
 
   ``state`` must be a dict with ``params``, ``model_state``, ``rng`` (replicated key) and
-  ``step``. Each micro-batch gets the key ``fold_in(per_device_rng(rng, step), micro_index)``.
+  ``step``. Every micro-batch of every device gets the key ``step_rng(rng, step)``; examples
+  differ by their global ids (``device_grads``).
   """
-  k = int(accumulation_steps)
 
   def step(state, batch):
-    rng = per_device_rng(state["rng"], state["step"])
-    params = state["params"]
-    if k == 1:
-      grads, (model_state, metrics) = grad_fn(params, state["model_state"], batch,
-                                              jax.random.fold_in(rng, 0))
-    else:
-      micro = jax.tree.map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
-
-      def body(carry, inputs):
-        grad_sum, model_state = carry
-        index, micro_batch = inputs
-        grads, (model_state, metrics) = grad_fn(params, model_state, micro_batch,
-                                                jax.random.fold_in(rng, index))
-        grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
-        return (grad_sum, model_state), metrics
-
-      zeros = jax.tree.map(jnp.zeros_like, params)
-      (grad_sum, model_state), metrics = jax.lax.scan(
-          body, (zeros, state["model_state"]), (jnp.arange(k), micro))
-      grads = jax.tree.map(lambda g: g / k, grad_sum)
-      metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+    grads, model_state, metrics = device_grads(
+        grad_fn, state["params"], state["model_state"], batch, state["rng"], state["step"],
+        accumulation_steps=accumulation_steps, device_index=jax.lax.axis_index(AXIS))
     grads = jax.lax.pmean(grads, AXIS)
     metrics = jax.lax.pmean(metrics, AXIS)
     model_state = jax.lax.pmean(model_state, AXIS)  # e.g. BatchNorm statistics
@@ -174,3 +202,235 @@ def make_eval_step(sum_fn: Callable, devices=None) -> Callable:
     return jax.lax.psum(sum_fn(params, model_state, batch), AXIS)
 
   return jax.pmap(step, axis_name=AXIS, devices=devices)
+
+
+# ---------------------------------------------------------------------------------------------
+# The mesh engine: ``jax.jit`` over a (data, fsdp) device mesh.
+#
+# The batch is split over every device of the mesh. Parameters, optimizer state and EMA are
+# sharded over the ``fsdp`` axis (ZeRO/FSDP: each array split along one dimension that the axis
+# divides, else replicated) and replicated over ``data``. The gradient of each device's share is
+# per-device code (``jax.shard_map``): the parameters are gathered, ``device_grads`` runs exactly
+# as under pmap, and the gradients are averaged over ``data`` and reduce-scattered over ``fsdp``,
+# so each device keeps only its shard. The optimizer update then runs on the shards (GSPMD).
+
+MESH_AXES = ("data", "fsdp")
+MIN_SHARDED_SIZE = 1024  # smaller arrays (gains, biases, counters) stay replicated
+
+
+def make_mesh(devices, fsdp: int = 1) -> jax.sharding.Mesh:
+  """A ``(data, fsdp)`` mesh over ``devices`` (in order: processes, then local devices)."""
+  n = len(devices)
+  if fsdp < 1 or n % fsdp:
+    raise ValueError(f"fsdp={fsdp} must divide the {n} devices of this run (1 = replicated).")
+  return jax.sharding.Mesh(np.array(devices).reshape(n // fsdp, fsdp), MESH_AXES)
+
+
+def fsdp_spec(shape, fsdp: int) -> jax.sharding.PartitionSpec:
+  """How one state array is laid out: split along its largest dimension that ``fsdp`` divides
+  (the last of equals), or replicated (``fsdp == 1``, small or indivisible arrays)."""
+  P = jax.sharding.PartitionSpec
+  if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < MIN_SHARDED_SIZE:
+    return P()
+  candidates = [d for d, size in enumerate(shape) if size % fsdp == 0]
+  if not candidates:
+    return P()
+  dim = max(candidates, key=lambda d: (shape[d], d))
+  return P(*([None] * dim + ["fsdp"]))
+
+
+def _sharded_dim(spec) -> Optional[int]:
+  for d, name in enumerate(spec):
+    if name == "fsdp":
+      return d
+  return None
+
+
+def state_specs(tree, fsdp: int):
+  """``fsdp_spec`` of every leaf of ``tree`` (host arrays, device arrays or shape structs)."""
+  return jax.tree.map(lambda x: fsdp_spec(np.shape(x), fsdp), tree)
+
+
+class Engine:
+  """What the training loop needs from a device layout; ``PmapEngine`` or ``MeshEngine``.
+
+  ``put_state``/``get_state`` move a host state (the same numpy tree on every process) onto the
+  devices and back; ``get`` reads a small replicated result (metrics, counters); ``batches``
+  places host batches shaped ``[local_devices, per_device, ...]`` a few steps ahead.
+  """
+  name: str
+  axis_name: Any  # the device axes of the per-device code (``grad_fn``'s collectives)
+
+  def __init__(self, devices, pmap_devices):
+    self.devices = devices
+    self._pmap_devices = pmap_devices
+
+  @property
+  def num_devices(self) -> int:
+    return len(self._pmap_devices) if self._pmap_devices else jax.device_count()
+
+
+class PmapEngine(Engine):
+  """The reference's data parallelism: every device holds the whole state (``jax.pmap``)."""
+  name = "pmap"
+  axis_name = AXIS
+
+  def put_state(self, host_state):
+    return replicate(host_state, self.devices)
+
+  def get_state(self, state):
+    return unreplicate(state)
+
+  def get(self, tree):
+    return unreplicate(tree)
+
+  def batches(self, iterator, size: int = 2):
+    return prefetch(iterator, size=size, devices=self.devices)
+
+  def make_train_step(self, grad_fn, update_fn, *, accumulation_steps: int = 1,
+                      donate: bool = True):
+    return make_train_step(grad_fn, update_fn, accumulation_steps=accumulation_steps,
+                           donate=donate, devices=self._pmap_devices)
+
+  def make_eval_step(self, sum_fn):
+    return make_eval_step(sum_fn, devices=self._pmap_devices)
+
+
+class MeshEngine(Engine):
+  """``jax.jit`` over a ``(data, fsdp)`` mesh; state sharded over ``fsdp`` (module comment)."""
+  name = "mesh"
+  axis_name = MESH_AXES
+
+  def __init__(self, devices, pmap_devices, fsdp: int = 1):
+    super().__init__(devices, pmap_devices)
+    global_devices = list(pmap_devices) if pmap_devices else jax.devices()
+    self.fsdp = int(fsdp)
+    self.mesh = make_mesh(global_devices, self.fsdp)
+
+  def sharding(self, spec=None) -> jax.sharding.NamedSharding:
+    return jax.sharding.NamedSharding(self.mesh, spec or jax.sharding.PartitionSpec())
+
+  @property
+  def batch_sharding(self) -> jax.sharding.NamedSharding:
+    return self.sharding(jax.sharding.PartitionSpec(MESH_AXES))
+
+  def shardings(self, tree):
+    return jax.tree.map(self.sharding, state_specs(tree, self.fsdp),
+                        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+  def put_state(self, host_state):
+    def put(x, sharding):
+      x = np.asarray(x)
+      return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.tree.map(put, host_state, self.shardings(host_state))
+
+  def get_state(self, state):
+    return jax.tree.map(_host_value, state)
+
+  def get(self, tree):
+    return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data), tree)
+
+  def put_batch(self, batch):
+    """Host ``[local_devices, per_device, ...]`` -> one global array split over the mesh."""
+    def put(x):
+      x = np.asarray(x)
+      return jax.make_array_from_process_local_data(
+          self.batch_sharding, x.reshape((-1,) + x.shape[2:]))
+    return jax.tree.map(put, batch)
+
+  def batches(self, iterator, size: int = 2):
+    queue = collections.deque()
+    iterator = iter(iterator)
+
+    def enqueue(n):
+      for batch in itertools.islice(iterator, n):
+        queue.append(self.put_batch(batch))
+
+    enqueue(size)
+    while queue:
+      yield queue.popleft()
+      enqueue(1)
+
+  def make_train_step(self, grad_fn, update_fn, *, accumulation_steps: int = 1,
+                      donate: bool = True):
+    """The jitted ``(state, batch) -> (state, metrics)``, same numbers as the pmap step."""
+    P = jax.sharding.PartitionSpec
+    fsdp, mesh = self.fsdp, self.mesh
+    compiled = {}
+
+    def build(state):
+      param_specs = state_specs(state["params"], fsdp)
+
+      def per_device(params, model_state, rng, step, batch):
+        grads, model_state, metrics = device_grads(
+            grad_fn, params, model_state, batch, rng, step,
+            accumulation_steps=accumulation_steps, device_index=jax.lax.axis_index(MESH_AXES))
+
+        def reduce(g, spec):
+          dim = _sharded_dim(spec)
+          if dim is None:
+            return jax.lax.pmean(g, MESH_AXES)
+          g = jax.lax.pmean(g, "data")
+          return jax.lax.psum_scatter(g, "fsdp", scatter_dimension=dim, tiled=True) / fsdp
+
+        grads = jax.tree.map(reduce, grads, param_specs)
+        return (grads, jax.lax.pmean(model_state, MESH_AXES),
+                jax.lax.pmean(metrics, MESH_AXES))
+
+      grads_of = jax.shard_map(
+          per_device, mesh=mesh, in_specs=(P(), P(), P(), P(), P(MESH_AXES)),
+          out_specs=(param_specs, P(), P()), check_vma=False)
+
+      def step(state, batch):
+        grads, model_state, metrics = grads_of(state["params"], state["model_state"],
+                                               state["rng"], state["step"], batch)
+        return update_fn(state, grads, model_state, metrics)
+
+      state_sh = self.shardings(state)
+      return jax.jit(step, in_shardings=(state_sh, self.batch_sharding),
+                     out_shardings=(state_sh, self.sharding()),
+                     donate_argnums=(0,) if donate else ())
+
+    def train_step(state, batch):
+      key = jax.tree.structure(state)
+      if key not in compiled:
+        compiled[key] = build(state)
+      return compiled[key](state, batch)
+
+    train_step.lower = lambda state, batch: build(state).lower(state, batch)
+    return train_step
+
+  def make_eval_step(self, sum_fn):
+    """Jitted ``(params, model_state, batch) -> totals`` over the whole mesh (replicated)."""
+    P = jax.sharding.PartitionSpec
+
+    def per_device(params, model_state, batch):
+      return jax.lax.psum(sum_fn(params, model_state, batch), MESH_AXES)
+
+    return jax.jit(jax.shard_map(per_device, mesh=self.mesh,
+                                 in_specs=(P(), P(), P(MESH_AXES)), out_specs=P(),
+                                 check_vma=False))
+
+
+def _host_value(x):
+  """The whole value of a (possibly sharded, possibly multi-process) array, as numpy."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
+PARALLEL_MODES = ("pmap", "mesh")
+
+
+def make_engine(config) -> Engine:
+  """The engine ``config.parallel`` names (``'pmap'`` default, or ``'mesh'`` with
+  ``config.fsdp``), over ``config.num_devices`` local devices or every device."""
+  mode = config.get("parallel", "pmap")
+  requested = config.get("num_devices", None)
+  devices = local_devices(requested)
+  pmap_devices = devices if requested else None
+  if mode == "pmap":
+    return PmapEngine(devices, pmap_devices)
+  if mode == "mesh":
+    return MeshEngine(devices, pmap_devices, fsdp=int(config.get("fsdp", 1)))
+  raise ValueError(f"config.parallel={mode!r}; use one of {PARALLEL_MODES}.")

@@ -19,15 +19,23 @@ import optax
 
 from nfnets_jax import models
 from nfnets_jax import optim
+from nfnets_jax.engine import sam
 from nfnets_jax.optim import agc
 
 _DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
 
 
+REMAT_MODES = ("none", "blocks")
+
+
 def make_forward(config, num_classes: int) -> hk.TransformedWithState:
-  """``models.transform`` of ``config.model`` with ``config.model_kwargs``."""
-  return models.transform(config.model, num_classes,
-                          **dict(config.get("model_kwargs", {}).items()))
+  """``models.transform`` of ``config.model`` with ``config.model_kwargs`` (and
+  ``remat=config.remat`` when rematerialization is on: same numbers, less activation memory)."""
+  kwargs = dict(config.get("model_kwargs", {}).items())
+  remat = config.get("remat", "none")
+  if remat != "none":
+    kwargs["remat"] = remat
+  return models.transform(config.model, num_classes, **kwargs)
 
 
 def cast_floats(tree, dtype):
@@ -43,8 +51,13 @@ def smoothed_cross_entropy(logits, labels, label_smoothing: float):
   return jnp.mean(optax.softmax_cross_entropy(logits, labels))
 
 
-def make_grad_fn(forward, config):
-  """``(params, model_state, batch, rng) -> (grads, (model_state, metrics))`` on one micro-batch."""
+def make_grad_fn(forward, config, axis_name=None):
+  """``(params, model_state, batch, rng) -> (grads, (model_state, metrics))`` on one micro-batch.
+
+  With ``config.sam.rho > 0`` the gradient is SAM's descent gradient (``sam.py``: per-replica
+  ascent, optionally from a fraction of the micro-batch); ``axis_name`` (the engine's device
+  axis name or names) is used only by its synchronised form ``config.sam.sync``.
+  """
   dtype = _DTYPES[config.compute_dtype]
   label_smoothing = float(config.label_smoothing)
 
@@ -63,7 +76,9 @@ def make_grad_fn(forward, config):
     grads, aux = jax.grad(loss_fn, has_aux=True)(params, model_state, batch, rng)
     return grads, aux
 
-  return grad_fn
+  sam_config = sam.resolve(config.get("sam", None))
+  freeze = optim.resolve_config(config.optimizer).freeze if sam_config["rho"] else ""
+  return sam.wrap(grad_fn, **sam_config, axis_name=axis_name, freeze=freeze)
 
 
 def make_train_state(params, model_state, tx, rng, with_ema: bool) -> dict:

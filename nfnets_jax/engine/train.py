@@ -47,6 +47,7 @@ __all__ = ["NonFiniteLossError", "train_and_evaluate"]
 SUMMARY_FILE = "summary.json"
 ACCURACIES = ("top1", "top5")  # the final lines: accuracies only
 CHECKPOINT_DIR = "checkpoints"
+PROFILE_DIR = "profile"
 
 
 @dataclasses.dataclass
@@ -55,7 +56,7 @@ class Run:
   config: ml_collections.ConfigDict
   setup: validation.Setup
   workdir: str
-  devices: list
+  engine: parallel.Engine
   forward: Any
   tx: Any
   train_step: Any
@@ -108,11 +109,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       run.console.print(warning)
     state = restore_or_init(run, source)
     start_step = int(state["step"])
-    rstate = parallel.replicate(state, run.devices)
+    rstate = run.engine.put_state(state)
+    del state
     rstate, result = train_loop(run, rstate, start_step)
     if not result.preempted:
       result.eval_results = evaluate_state(run, rstate, result.step)
-    nonfinite = int(parallel.unreplicate(rstate["nonfinite_count"]))
+    nonfinite = int(run.engine.get(rstate["nonfinite_count"]))
   finally:
     try:
       run.ckpt.close()  # waits for a pending asynchronous save; its failure raises here
@@ -169,28 +171,25 @@ def finished_line(workdir: str, summary: Dict[str, Any], num_classes: int) -> st
 
 
 def build_run(config, workdir: str, setup: validation.Setup) -> Run:
-  """Model, optimizer, pmapped steps, writers and checkpointer for ``config``."""
+  """Model, optimizer, the engine's steps, writers and checkpointer for ``config``."""
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  devices = parallel.local_devices(config.get("num_devices", None))
-  # pmap over a device list only for a single-process subset; None = every device of every
-  # process (a list of local devices would make the collectives process-local).
-  pmap_devices = devices if config.get("num_devices", None) else None
+  engine = parallel.make_engine(config)
   forward = steps.make_forward(config, setup.num_classes)
   tx = optim.build_optimizer(config.optimizer, batch_size=int(config.batch_size),
                              steps_per_epoch=setup.steps_per_epoch,
                              total_steps=setup.total_steps)
-  train_step = parallel.make_train_step(
-      steps.make_grad_fn(forward, config), steps.make_update_fn(tx, config),
-      accumulation_steps=setup.accumulation_steps, devices=pmap_devices)
+  train_step = engine.make_train_step(
+      steps.make_grad_fn(forward, config, axis_name=engine.axis_name),
+      steps.make_update_fn(tx, config), accumulation_steps=setup.accumulation_steps)
   eval_apply = steps.make_eval_apply(forward, flip=bool(config.get("eval_flip", False)))
-  eval_step = parallel.make_eval_step(evaluation.make_sum_fn(eval_apply), devices=pmap_devices)
+  eval_step = engine.make_eval_step(evaluation.make_sum_fn(eval_apply))
   console = reporting.Console(setup.total_steps, int(config.batch_size), enabled=is_main)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
                                  keep=int(config.keep_checkpoints),
                                  async_save=bool(config.get("async_checkpointing", True)),
                                  log=console.print)
-  return Run(config=config, setup=setup, workdir=workdir, devices=devices, forward=forward,
+  return Run(config=config, setup=setup, workdir=workdir, engine=engine, forward=forward,
              tx=tx, train_step=train_step, eval_step=eval_step, ckpt=ckpt, console=console,
              writer=reporting.MetricWriter(workdir, enabled=is_main))
 
@@ -248,7 +247,7 @@ def describe_run(run: Run, num_params: int) -> str:
           f"train / {s.num_eval_examples:,} eval examples | global batch {c.batch_size} = "
           f"{s.num_devices} devices x {s.micro_batch} x {s.accumulation_steps} "
           f"accumulation | {s.total_steps} steps ({s.steps_per_epoch:.1f}/epoch) | "
-          f"compute {c.compute_dtype}")
+          f"compute {c.compute_dtype}{describe_engine(run)}")
 
 
 def describe_step(run: Run) -> str:
@@ -257,7 +256,21 @@ def describe_step(run: Run) -> str:
   devices = f"{s.num_devices} device{'s' if s.num_devices > 1 else ''} x {s.micro_batch}"
   if s.accumulation_steps > 1:
     devices += f" x {s.accumulation_steps} accumulation"
-  return f"{run.config.model}, {devices}, {run.config.compute_dtype}"
+  return f"{run.config.model}, {devices}, {run.config.compute_dtype}{describe_engine(run)}"
+
+
+def describe_engine(run: Run) -> str:
+  """``''`` for plain pmap, else e.g. ``', mesh fsdp=8, remat blocks, SAM rho=0.05 ...'``."""
+  c, parts = run.config, []
+  if run.engine.name != "pmap":
+    parts.append(f"{run.engine.name} fsdp={run.engine.fsdp}")
+  if c.get("remat", "none") != "none":
+    parts.append(f"remat {c.remat}")
+  sam = c.get("sam", None)
+  if sam is not None and float(sam.get("rho", 0.0)):
+    parts.append(f"SAM rho={sam.rho:g} fraction={sam.get('batch_fraction', 1.0):g}"
+                 + (" sync" if sam.get("sync", False) else ""))
+  return "".join(", " + p for p in parts)
 
 
 def initial_state(forward, tx, config, image_shape) -> Dict[str, Any]:
@@ -313,6 +326,33 @@ class _SignalFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+class _Profiler:
+  """``config.profile_steps = (start, stop)``: a ``jax.profiler`` trace of train steps
+  ``start..stop-1`` in ``workdir/profile`` (TensorBoard's profile plugin, or Perfetto)."""
+
+  def __init__(self, run: Run, steps_range):
+    self.run, self.range, self.active = run, steps_range, False
+    self.directory = os.path.join(run.workdir, PROFILE_DIR)
+
+  def before(self, step: int):
+    if self.range and step == self.range[0] and not self.active:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after(self, step: int, rstate):
+    if self.active and step >= self.range[1]:
+      jax.block_until_ready(rstate)
+      self.stop()
+
+  def stop(self):
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+      self.run.console.print(f"Wrote a profile of train steps {self.range[0]}.."
+                             f"{self.range[1] - 1} to {self.directory} (tensorboard --logdir "
+                             f"{self.directory}, or open the .trace.json.gz in Perfetto).")
+
+
 def _any_process(flag: bool) -> bool:
   if jax.process_count() == 1:
     return flag
@@ -322,8 +362,8 @@ def _any_process(flag: bool) -> bool:
 class _Meter:
   """Train metrics summed over a log interval, and the steady-state images/s between logs."""
 
-  def __init__(self, batch_size: int):
-    self.batch_size = batch_size
+  def __init__(self, batch_size: int, engine: parallel.Engine):
+    self.batch_size, self.engine = batch_size, engine
     self.sums, self.count = None, 0
     self.steady_images, self.steady_seconds = 0, 0.0
     self.last_time, self.last_step = time.time(), 0
@@ -340,8 +380,7 @@ class _Meter:
     self.last_time += seconds
 
   def flush(self, step: int) -> Dict[str, float]:
-    host = {k: float(np.asarray(v).reshape(-1)[0])
-            for k, v in parallel.unreplicate(self.sums).items()}
+    host = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in self.engine.get(self.sums).items()}
     host = {k: v / self.count for k, v in host.items()}
     host["nonfinite"] *= self.count  # a count over the interval, not a mean
     self.sums, self.count = None, 0
@@ -363,12 +402,13 @@ def train_loop(run: Run, rstate, start_step: int):
   config, setup = run.config, run.setup
   train_iter = data.train_iterator(
       config, per_device_batch=setup.micro_batch * setup.accumulation_steps,
-      num_devices=len(run.devices), seed=int(config.seed), start_step=start_step)
-  batches = parallel.prefetch(train_iter, size=2, devices=run.devices)
+      num_devices=len(run.engine.devices), seed=int(config.seed), start_step=start_step)
+  batches = run.engine.batches(train_iter, size=2)
   eval_every = int(config.get("eval_every_steps", 0) or 0)
   log_every = int(config.log_every_steps)
   ckpt_every = int(config.checkpoint_every_steps)
-  meter = _Meter(int(config.batch_size))
+  meter = _Meter(int(config.batch_size), run.engine)
+  profiler = _Profiler(run, config.get("profile_steps", None))
   step, preempted, compile_time, eval_results = start_step, False, None, {}
   if step < setup.total_steps:
     run.console.print(f"Compiling the train step ({describe_step(run)})...")
@@ -376,8 +416,11 @@ def train_loop(run: Run, rstate, start_step: int):
   try:
     with _SignalFlag() as sigterm:
       while step < setup.total_steps:
-        rstate, metrics = run.train_step(rstate, next(batches))
+        profiler.before(step)
+        with jax.profiler.StepTraceAnnotation("train_step", step_num=step):
+          rstate, metrics = run.train_step(rstate, next(batches))
         step += 1
+        profiler.after(step, rstate)
         meter.add(metrics)
         if compile_time is None:
           jax.block_until_ready(metrics)
@@ -416,6 +459,7 @@ def train_loop(run: Run, rstate, start_step: int):
           break
     jax.block_until_ready(rstate)
   finally:
+    profiler.stop()
     batches.close()  # stop the input pipeline's threads before anything else
     del train_iter
   check_nonfinite(run, rstate)
@@ -429,7 +473,7 @@ def check_nonfinite(run: Run, rstate) -> None:
   """Raises ``NonFiniteLossError`` when a step was non-finite and the config says stop."""
   if not run.stop_on_nonfinite:
     return
-  first = int(parallel.unreplicate(rstate["first_nonfinite_step"]))
+  first = int(run.engine.get(rstate["first_nonfinite_step"]))
   if first >= 0:
     raise NonFiniteLossError(
         f"Non-finite loss or gradient at step {first} (0-based update index); the run stopped "
@@ -439,8 +483,8 @@ def check_nonfinite(run: Run, rstate) -> None:
 
 
 def save_checkpoint(run: Run, rstate, step: int) -> None:
-  """Saves the replicated state as checkpoint ``step`` (asynchronously when enabled)."""
-  host = parallel.unreplicate(rstate)
+  """Saves the device state as checkpoint ``step`` (asynchronously when enabled)."""
+  host = run.engine.get_state(rstate)
   if int(host["nonfinite_count"]) and run.stop_on_nonfinite:
     return  # never checkpoint a run that is about to stop for a NaN
   run.ckpt.save(step, host)
@@ -459,9 +503,9 @@ def evaluate_state(run: Run, rstate, step: int) -> Dict[str, Any]:
     variants.append(("ema_", "ema_params"))
   for prefix, key in variants:
     batches = data.eval_iterator(run.config, per_device_batch=run.setup.eval_per_device_batch,
-                                 num_devices=len(run.devices))
+                                 num_devices=len(run.engine.devices))
     metrics = evaluation.evaluate(run.eval_step, rstate[key], rstate["model_state"], batches,
-                                  devices=run.devices)
+                                  engine=run.engine)
     results.update({prefix + k: v for k, v in metrics.items()})
   results["eval_seconds"] = time.time() - t0
   run.writer.write(step, {k: v for k, v in results.items() if not k.endswith("count")},

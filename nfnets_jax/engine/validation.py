@@ -20,6 +20,7 @@ from nfnets_jax import models
 from nfnets_jax.errors import ConfigError
 from nfnets_jax import optim
 from nfnets_jax.engine import parallel
+from nfnets_jax.engine import steps
 
 COMPUTE_DTYPES = ("bfloat16", "float32", "float16")
 NONFINITE_MODES = ("stop", "skip")
@@ -60,6 +61,30 @@ def _device_counts(config):
                         f"use 1..{local} or None (all).")
     return int(requested), int(requested)
   return local, local * jax.process_count()
+
+
+def check_engine(config, num_devices: int) -> None:
+  """``config.parallel``, ``fsdp``, ``remat`` and ``profile_steps``, with the fix in the error."""
+  mode = config.get("parallel", "pmap")
+  if mode not in parallel.PARALLEL_MODES:
+    raise ConfigError(f"config.parallel={mode!r}; use 'pmap' (every device holds the whole "
+                      "state) or 'mesh' (jax.jit over a device mesh, with config.fsdp).")
+  fsdp = int(config.get("fsdp", 1))
+  if fsdp != 1 and mode != "mesh":
+    raise ConfigError(f"config.fsdp={fsdp} shards the state only with --config.parallel=mesh.")
+  if fsdp < 1 or num_devices % fsdp:
+    divisors = [d for d in range(1, num_devices + 1) if num_devices % d == 0]
+    raise ConfigError(f"config.fsdp={fsdp} must divide the {num_devices} devices of this run; "
+                      f"use one of {divisors} (1 = replicated).")
+  remat = config.get("remat", "none")
+  if remat not in steps.REMAT_MODES:
+    raise ConfigError(f"config.remat={remat!r}; use one of {steps.REMAT_MODES}.")
+  profile = config.get("profile_steps", None)
+  if profile is not None:
+    if (len(profile) != 2 or not all(isinstance(v, int) for v in profile)
+        or not 0 <= profile[0] < profile[1]):
+      raise ConfigError(f"config.profile_steps={profile!r}; give (start, stop) train steps with "
+                        "0 <= start < stop, e.g. --config.profile_steps='(10, 13)'.")
 
 
 def dataset_info(config):
@@ -126,6 +151,7 @@ def validate_config(config, check_data: bool = True) -> Setup:
         int(config.batch_size), config.get("per_device_batch_size", None), num_global)
   except ValueError as e:
     raise ConfigError(f"config.batch_size / config.per_device_batch_size: {e}") from None
+  check_engine(config, num_global)
   eval_batch = int(config.eval_batch_size)
   if eval_batch <= 0 or eval_batch % num_global:
     example = num_global * max(1, eval_batch // num_global)

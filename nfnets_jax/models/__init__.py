@@ -5,12 +5,15 @@ classes are public: ``from nfnets_jax.models import NFNet, NFResNet, NFRegNet, R
 (each a Haiku module called as ``model(images, is_training)`` inside ``hk.transform``);
 ``create(name, num_classes, **overrides)`` builds any registered name, ``list_models()`` lists
 them and ``get_info(name)`` gives the name's record (``ModelInfo``: sizes, defaults, eval recipe,
-published weights; see ``registry``). Imports only ``layers``.
+published weights; see ``registry``). ``stack_blocks`` / ``unstack_blocks`` / ``match_layout``
+(``stacking``) convert between the stacked in-memory layout of NFNet blocks and the per-block
+names of every file. Imports only ``layers``.
 """
 from nfnets_jax.models.registry import (EvalRecipe, ModelInfo, Weights, constructor_kwargs,
                                         create, get_info,
                                         list_models, published_weights, register,
                                         resize_crop_32, timm_recipe, transform)
+from nfnets_jax.models.stacking import match_layout, stack_blocks, unstack_blocks
 
 # Family modules (import order = registration order). Keep these after the registry import.
 from nfnets_jax.models import nfnet  # noqa: F401,E402  NFNet F0-F7, F0+-F7+
@@ -29,5 +32,6 @@ from nfnets_jax.models.resnet import ResNet  # noqa: E402
 
 __all__ = ["EvalRecipe", "ModelInfo", "constructor_kwargs", "Weights", "published_weights", "resize_crop_32",
            "timm_recipe", "NFDemo", "NFNet", "NFNetL", "NFRegNet", "NFResNet", "ResNet", "create",
-           "get_info", "list_models", "register", "transform"]
+           "get_info", "list_models", "match_layout", "register", "stack_blocks", "transform",
+           "unstack_blocks"]
 from nfnets_jax.models import timm_variants  # noqa: F401,E402  timm's nf_resnet50 / nf_regnet_b1 / test_nfnet

@@ -103,7 +103,7 @@ class NFDemo(hk.Module):
     pool = jnp.mean(act(h), axis=(1, 2))
     out = pool
     if is_training and self.drop_rate:
-      out = hk.dropout(hk.next_rng_key(), self.drop_rate, out)
+      out = layers.dropout(out, self.drop_rate, hk.next_rng_key())
     logits = self.linear(out)
     result = {"logits": logits, "pool": pool}
     if return_metrics:

@@ -11,6 +11,16 @@ Signal metrics (``model(x, is_training, return_metrics=True)``), computed in flo
   ``block_{i}_avg_var``: mean over channels of the per-channel variance of block i's output;
   ``block_{i}_res_var``: the same average channel variance for the residual branch of block i
     (after squeeze-excite, before stochastic depth and ``skip_gain``).
+
+Stacked blocks (the default, ``scan_blocks=True``): each stage's identically shaped blocks (all
+but the first) are created as ONE module ``nf_blocks_{first}_to_{last}`` whose parameters carry
+a leading block axis, and run as one ``lax.scan``; initial values equal the per-block model's
+for the same seed (``stacking.stack_blocks`` of them). ``scan_blocks=False`` is the per-block
+model of earlier versions. Either model applies parameters of either layout, so files with
+per-block names (``models.stacking``) need no conversion to be evaluated.
+
+``remat='blocks'`` recomputes each residual block's activations in the backward pass
+(``hk.remat`` per block; for a scanned stage, of the scan body): less memory, same numbers.
 """
 from __future__ import annotations
 
@@ -24,6 +34,8 @@ import jax.numpy as jnp
 
 from nfnets_jax import layers
 from nfnets_jax.models import registry
+from nfnets_jax.models import stacking
+from nfnets_jax.models.parts import check_remat
 from nfnets_jax.models.registry import register
 
 _BASE_WIDTHS = (256, 512, 1536, 1536)
@@ -207,14 +219,15 @@ class NFNet(hk.Module):
                fc_init=None, final_conv_mult: float = 2, final_conv_ch: Optional[int] = None,
                use_two_convs: bool = True, group_width: Optional[int] = None,
                grouped_conv_impl: str = "auto", weight_std: str = "deepmind",
-               scan_blocks: bool = False, name: Optional[str] = "NFNet"):
+               scan_blocks: bool = True, remat: str = "none", name: Optional[str] = "NFNet"):
     # weight_std="timm" with activation="gelu_exact" is timm's dm_nfnet_* (weights/timm.py).
-    # scan_blocks=True runs each stage's identically shaped blocks (all but the first) as one
-    # lax.scan over their stacked parameters: the same parameters, names and numbers, but XLA
-    # compiles one block per stage instead of every block (F7's first step: see
-    # docs/benchmarks.md). Initialisation and return_metrics=True always run block by block.
+    # scan_blocks (default True): stacked parameters and one lax.scan per run of identical
+    # blocks, so XLA compiles one block per stage instead of every block (F7's first step:
+    # docs/benchmarks.md "Time to first step"); False: the per-block model. remat: 'none' |
+    # 'blocks' (module docstring).
     super().__init__(name=name)
-    self.scan_blocks = scan_blocks
+    self.scan_blocks = bool(scan_blocks)
+    self.remat = check_remat(remat)
     self.num_classes = num_classes
     self.variant = canonical_variant(variant)
     cfg = NFNET_VARIANTS[self.variant]
@@ -234,11 +247,17 @@ class NFNet(hk.Module):
         layers.WSConv2D(64, 3, stride=1, name="stem_conv2", **ws),
         layers.WSConv2D(stem_channels(self.variant), 3, stride=2, name="stem_conv3", **ws),
     ]
-    self.blocks = [
-        NFBlock(spec, alpha=alpha, se_ratio=se_ratio, activation=activation,
-                use_two_convs=use_two_convs, grouped_conv_impl=grouped_conv_impl,
-                weight_std=weight_std)
-        for spec in self.block_specs]
+    block_kw = dict(alpha=alpha, se_ratio=se_ratio, activation=activation,
+                    use_two_convs=use_two_convs, grouped_conv_impl=grouped_conv_impl,
+                    weight_std=weight_std)
+    self.blocks = [NFBlock(spec, **block_kw) for spec in self.block_specs]
+    self.runs = identical_runs(self.block_specs)
+    # One module per run of identical blocks: the owner of the stacked parameters (its code is
+    # the scan body). Named after the run, so building it never renumbers the blocks.
+    self.stacks = {
+        run[0]: NFBlock(self.block_specs[run[0]], name=stacking.stack_name(run[0], run[-1]),
+                        **block_kw)
+        for run in self.runs if len(run) > 1}
     last_ch = self.block_specs[-1].out_ch
     if final_conv_ch is None:
       final_conv_ch = int(final_conv_mult * last_ch)
@@ -258,36 +277,98 @@ class NFNet(hk.Module):
       out = conv(out)
     if return_metrics:
       outputs.update(layers.signal_metrics(out.astype(jnp.float32), "stem"))
-    if self.scan_blocks and not return_metrics and not hk.running_init():
-      for run in identical_runs(self.block_specs):
-        if len(run) == 1:
-          out, _ = self.blocks[run[0]](out, is_training)
-        else:
-          out = self._scan_run(run, out, is_training)
-    else:
-      for i, block in enumerate(self.blocks):
-        out, res_var = block(out, is_training)
-        if return_metrics:
-          outputs.update(layers.signal_metrics(out.astype(jnp.float32), f"block_{i}"))
-          outputs[f"block_{i}_res_var"] = res_var
+    initialising = hk.running_init()
+    params = {} if initialising else hk.get_params()
+    for run in self.runs:
+      stack = self.stacks.get(run[0])
+      stacked = stack is not None and stack.module_name in params
+      if stack is not None and self.scan_blocks and initialising:
+        out = self._init_stacked(run, out, is_training, outputs if return_metrics else None)
+      elif (stack is not None and self.scan_blocks and not return_metrics
+            and not layers.recording_folds()):
+        out = self._scan_run(run, out, is_training, params if stacked else None)
+      else:
+        for k, i in enumerate(run):
+          out, res_var = self._block(self.blocks[i], out, is_training,
+                                     k if stacked else None, stack)
+          if return_metrics:
+            outputs.update(layers.signal_metrics(out.astype(jnp.float32), f"block_{i}"))
+            outputs[f"block_{i}_res_var"] = res_var
     out = self.activation(self.final_conv(out))
     pool = jnp.mean(out, axis=(1, 2))
     outputs["pool"] = pool
     if is_training and self.drop_rate > 0.0:
-      pool = hk.dropout(hk.next_rng_key(), self.drop_rate, pool)
+      pool = layers.dropout(pool, self.drop_rate, hk.next_rng_key())
     outputs["logits"] = self.fc(pool)
     return outputs
 
-  def _scan_run(self, run: List[int], x: jax.Array, is_training: bool) -> jax.Array:
-    """Blocks ``run`` (identical shapes) as one scan of the first one's code."""
-    template = self.blocks[run[0]]
-    params = hk.get_params()
-    def block_params(block):
-      name = block.module_name
-      return {key[len(name):]: params[key] for key in params
-              if key == name or key.startswith(name + "/")}
-    stacked = jax.tree_util.tree_map(lambda *p: jnp.stack(p),
-                                     *[block_params(self.blocks[i]) for i in run])
+  def _remat(self, fn):
+    return hk.remat(fn) if self.remat == "blocks" else fn
+
+  def _block(self, block: "NFBlock", x: jax.Array, is_training: bool,
+             slot: Optional[int] = None, stack: Optional["NFBlock"] = None):
+    """One block; with ``slot``, its parameters are slice ``slot`` of ``stack``'s."""
+    def run(h):
+      if slot is None:
+        return block(h, is_training)
+      with _read_from(block.module_name, lambda key, name: _param(stack, key, name)[slot]):
+        return block(h, is_training)
+    return self._remat(run)(x)
+
+  def _init_stacked(self, run: List[int], x: jax.Array, is_training: bool,
+                    metrics: Optional[dict]) -> jax.Array:
+    """Initialises a run's stacked parameters with the per-block model's values.
+
+    The blocks run one by one, drawing their initial values (and stochastic-depth keys) in
+    the per-block model's order, without storing them; the run's module then stores the
+    stacked values.
+    """
+    values: Dict[tuple, list] = {}
+    for i in run:
+      block = self.blocks[i]
+      def creator(next_creator, shape, dtype, init, context, block=block):
+        del next_creator
+        key = (context.module_name[len(block.module_name):], context.name)
+        values.setdefault(key, []).append(init(shape, dtype))
+        return hk.DO_NOT_STORE
+      with hk.custom_creator(creator), _read_from(
+          block.module_name, lambda key, name: values[(key, name)][-1], create=False):
+        x, res_var = block(x, is_training)
+      if metrics is not None:
+        metrics.update(layers.signal_metrics(x.astype(jnp.float32), f"block_{i}"))
+        metrics[f"block_{i}_res_var"] = res_var
+    stack = self.stacks[run[0]]
+    def stacked_creator(next_creator, shape, dtype, init, context):
+      del init
+      key = (context.module_name[len(stack.module_name):], context.name)
+      return next_creator((len(run),) + tuple(shape), dtype,
+                          lambda *_: jnp.stack(values[key]))
+    def first(next_getter, value, context):
+      if context.module_name.startswith(stack.module_name):
+        value = value[0]
+      return next_getter(value)
+    with hk.custom_creator(stacked_creator), hk.custom_getter(first):
+      # Creates the stacked parameters. An empty batch: no compute, and MAC counters that
+      # intercept module calls (research/flops.py) count nothing for it.
+      stack(x[:0], False)
+    return x
+
+  def _scan_run(self, run: List[int], x: jax.Array, is_training: bool,
+                params: Optional[dict]) -> jax.Array:
+    """Blocks ``run`` (identical shapes) as one scan of the run module's code, over the
+    stacked parameters (``params`` given) or the blocks' own, stacked on the fly."""
+    stack = self.stacks[run[0]]
+    if params is not None:
+      stacked = {key[len(stack.module_name):]: params[key] for key in params
+                 if key == stack.module_name or key.startswith(stack.module_name + "/")}
+    else:
+      all_params = hk.get_params()
+      def block_params(block):
+        name = block.module_name
+        return {key[len(name):]: all_params[key] for key in all_params
+                if key == name or key.startswith(name + "/")}
+      stacked = jax.tree_util.tree_map(lambda *p: jnp.stack(p),
+                                       *[block_params(self.blocks[i]) for i in run])
     specs = [self.block_specs[i] for i in run]
     xs = {"params": stacked, "beta": jnp.asarray([s.beta for s in specs], x.dtype)}
     if is_training and any(s.stochdepth_rate for s in specs):
@@ -296,17 +377,50 @@ class NFNet(hk.Module):
       xs["rng"] = jnp.stack([hk.next_rng_key() for _ in specs])
 
     def body(h, x_i):
-      def getter(next_getter, value, context):
-        del value
-        key = context.module_name[len(template.module_name):]
-        return next_getter(x_i["params"][key][context.name])
-      with hk.custom_getter(getter):
-        h, _ = template(h, is_training, beta=x_i["beta"], keep=x_i.get("keep"),
-                        rng=x_i.get("rng"))
+      with _read_from(stack.module_name, lambda key, name: x_i["params"][key][name]):
+        h, _ = stack(h, is_training, beta=x_i["beta"], keep=x_i.get("keep"),
+                     rng=x_i.get("rng"))
       return h, None
 
-    out, _ = hk.scan(body, x, xs)
+    out, _ = hk.scan(self._remat(body), x, xs)
     return out
+
+
+def _param(stack: "NFBlock", key: str, name: str) -> jax.Array:
+  return hk.get_params()[stack.module_name + key][name]
+
+
+class _read_from:  # pylint: disable=invalid-name
+  """Context: parameters of module ``owner`` (and below) come from ``read(key, name)`` (``key``
+  the module path below ``owner``), whether or not they are stored under ``owner``."""
+
+  def __init__(self, owner: str, read, create: bool = True):
+    self.owner, self.read, self.create = owner, read, create
+
+  def __enter__(self):
+    owner, read = self.owner, self.read
+
+    def mine(context):
+      return context.module_name == owner or context.module_name.startswith(owner + "/")
+
+    def creator(next_creator, shape, dtype, init, context):
+      return hk.DO_NOT_STORE if mine(context) else next_creator(shape, dtype, init)
+
+    def getter(next_getter, value, context):
+      if mine(context):
+        value = read(context.module_name[len(owner):], context.name)
+      return next_getter(value)
+
+    self._contexts = [hk.custom_getter(getter)]
+    if self.create:  # parameters absent from the params: nothing to store, read() supplies them
+      self._contexts.insert(0, hk.custom_creator(creator))
+    for c in self._contexts:
+      c.__enter__()
+    return self
+
+  def __exit__(self, *exc):
+    for c in reversed(self._contexts):
+      c.__exit__(*exc)
 
 
 # Published weights (facts, sections 7-8): DeepMind's released pickles with their MD5 and the

@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 
 from nfnets_jax import layers
-from nfnets_jax.models.parts import (block_metrics, channel_var, check_input, classifier_head,
-                                     make_divisible, nf_betas_and_rates, zero_last_gain_creator)
+from nfnets_jax.models.parts import (block_metrics, channel_var, check_input, check_remat,
+                                     classifier_head, make_divisible, nf_betas_and_rates,
+                                     zero_last_gain_creator)
 from nfnets_jax.models import registry
 from nfnets_jax.models.registry import register
 
@@ -159,18 +160,20 @@ class NFNetL(hk.Module):
                grouped_conv_impl: str = "auto", channels: Optional[Sequence[int]] = None,
                stem_chs: Optional[int] = None, padding: str = "same",
                gamma_in_act: bool = True, weight_std: str = "deepmind",
-               name: Optional[str] = "NFNetL"):
+               remat: str = "none", name: Optional[str] = "NFNetL"):
     """timm-exact options (all off by default): ``channels`` (stage widths before ``width``,
     default (256, 512, 1536, 1536)) and ``stem_chs`` (default 128) for timm's other shapes
     such as ``test_nfnet``; ``padding="symmetric"`` (timm's get_padding instead of SAME);
     ``gamma_in_act=False`` (timm: the gamma of the activation sits in the next conv, so the
     first stem conv and ``final_conv`` see ``gamma * x`` and the head's activation has no
-    gamma); ``weight_std="timm"`` (timm's additive standardization epsilon)."""
+    gamma); ``weight_std="timm"`` (timm's additive standardization epsilon). ``remat='blocks'``
+    recomputes each block's activations in the backward pass (less memory, same numbers)."""
     super().__init__(name=name)
     if variant not in NFNET_L_VARIANTS:
       raise ValueError(
           f"Unknown NFNet-L variant {variant!r}; known: {sorted(NFNET_L_VARIANTS)}.")
     params = NFNET_L_VARIANTS[variant]
+    self.remat = check_remat(remat)
     self.num_classes = num_classes
     self.variant = variant
     self.depth_pattern = tuple(depths) if depths is not None else params["depth"]
@@ -219,7 +222,10 @@ class NFNetL(hk.Module):
       if i < len(self.stem_convs) - 1:
         out = self.activation(out)
     for i, block in enumerate(self.blocks):
-      out, res_var = block(out, is_training)
+      if self.remat == "blocks":
+        out, res_var = hk.remat(lambda h, block=block: block(h, is_training))(out)
+      else:
+        out, res_var = block(out, is_training)
       if return_metrics:
         outputs.update(block_metrics(i, out, res_var))
     if not self.gamma_in_act:

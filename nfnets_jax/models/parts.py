@@ -59,8 +59,18 @@ def classifier_head(pool: jax.Array, fc: hk.Module, drop_rate: float,
                     is_training: bool) -> jax.Array:
   """Dropout (training only) followed by the classifier."""
   if is_training and drop_rate:
-    pool = hk.dropout(hk.next_rng_key(), drop_rate, pool)
+    pool = layers.dropout(pool, drop_rate, hk.next_rng_key())
   return fc(pool)
+
+
+REMAT_MODES = ("none", "blocks")
+
+
+def check_remat(remat: str) -> str:
+  """``remat``: 'none' or 'blocks' (each residual block recomputed in the backward pass)."""
+  if remat not in REMAT_MODES:
+    raise ValueError(f"remat must be one of {REMAT_MODES}, got {remat!r}.")
+  return remat
 
 
 def check_input(x: jax.Array, module_name: str) -> None:

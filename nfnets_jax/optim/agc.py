@@ -9,6 +9,12 @@ must be found by name, or a filter silently lets it through (facts, section 9).
 Paths are the ``/``-joined keys of the parameter tree. For Haiku's two-level mapping that is
 ``module_path/param_name``, e.g. ``NFNet/~/nf_block_3/~/conv1/w`` or ``NFNet/~/linear/b``.
 
+Stacked blocks (``models/stacking.py``): an array under a module ``nf_blocks_{a}_to_{b}`` holds
+blocks a..b along its leading axis. That axis is never reduced (each block's slice clips exactly
+as the per-block array would), exclusion rules and statistics see the per-block paths
+(``nf_block_{i}``, block 0 ``nf_block``), and a rule that picks some blocks of a stack gives a
+mask array over the leading axis.
+
 Against ``optax.adaptive_grad_clip`` (0.2.8): the same unit rules for ranks 0-5 and the same
 float32 results. Differences: bfloat16 gradients get float32 norms here (optax reduces in
 bfloat16, ~0.3% off for a few thousand elements) and keep their dtype (optax returns float32);
@@ -38,6 +44,35 @@ _DIV_EPS = 1e-6
 
 # Module names (before an optional ``_k`` suffix) a classifier head may carry, by priority.
 CLASSIFIER_NAMES = ("linear", "logits", "fc", "classifier", "head")
+
+
+# ---------------------------------------------------------------------------------------------
+# Stacked blocks (the naming of models/stacking.py, which tests keep in step with this).
+
+STACKED_MODULE = re.compile(r"(^|/)nf_blocks_(\d+)_to_(\d+)(?=/|$)")
+
+
+def stacked_range(path: str) -> Optional[Tuple[int, int]]:
+  """(first, last) block of a path inside a stacked module, else None."""
+  m = STACKED_MODULE.search(path)
+  return (int(m.group(2)), int(m.group(3))) if m else None
+
+
+def block_paths(path: str) -> List[str]:
+  """The per-block paths an array at ``path`` holds: ``[path]``, or one per stacked block."""
+  m = STACKED_MODULE.search(path)
+  if m is None:
+    return [path]
+  first, last = int(m.group(2)), int(m.group(3))
+  return [path[:m.start()] + m.group(1) + ("nf_block" if i == 0 else f"nf_block_{i}") +
+          path[m.end():] for i in range(first, last + 1)]
+
+
+def per_block(flags: Sequence[Any], ndim: int):
+  """One value per block -> that value when all agree, else an array over the leading axis."""
+  if all(f == flags[0] for f in flags):
+    return flags[0]
+  return np.asarray(flags).reshape((len(flags),) + (1,) * (ndim - 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,24 +108,31 @@ def _compute_dtype(dtype) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def unitwise_norm(x: jax.Array) -> jax.Array:
+def stacked_reduction_axes(shape: Sequence[int]) -> Tuple[int, ...]:
+  """``reduction_axes`` of one block's slice, for an array whose axis 0 is the block axis."""
+  inner = reduction_axes(tuple(shape)[1:])
+  return tuple(range(1, len(shape))) if inner is None else tuple(a + 1 for a in inner)
+
+
+def unitwise_norm(x: jax.Array, stacked: bool = False) -> jax.Array:
   """L2 norm of each unit of ``x``, with the reduced axes kept (size 1) for broadcasting.
 
   Computed in (at least) float32 even for bfloat16 inputs. Unlike ``optax.unitwise_norm`` the
   result is not broadcast back to ``x.shape``: ``unitwise_norm(x) * ones_like(x)`` gives that.
+  ``stacked``: axis 0 is a block axis (stacked blocks), never reduced.
   """
   x = jnp.asarray(x)
-  axes = reduction_axes(x.shape)
+  axes = stacked_reduction_axes(x.shape) if stacked else reduction_axes(x.shape)
   x = x.astype(_compute_dtype(x.dtype))
   return jnp.sqrt(jnp.sum(jnp.square(x), axis=axes, keepdims=True))
 
 
-def _clip_leaf(g: jax.Array, p: jax.Array, clipping, eps) -> jax.Array:
+def _clip_leaf(g: jax.Array, p: jax.Array, clipping, eps, stacked: bool = False) -> jax.Array:
   """One parameter's clipped gradient; a handful of fused elementwise ops and two reductions."""
   if g.shape != p.shape:
     raise ValueError(f"AGC got a gradient of shape {g.shape} for a parameter of shape {p.shape}.")
-  g_norm = unitwise_norm(g)
-  p_norm = unitwise_norm(p)
+  g_norm = unitwise_norm(g, stacked)
+  p_norm = unitwise_norm(p, stacked)
   max_norm = clipping * jnp.maximum(p_norm, eps)
   scale = jnp.where(g_norm > max_norm, max_norm / jnp.maximum(g_norm, _DIV_EPS), 1.0)
   return (g.astype(scale.dtype) * scale).astype(g.dtype)
@@ -208,13 +250,19 @@ def exclusion_mask(params, spec: ExclusionSpec = "reference"):
   """
   rules = exclusion_rules(params, spec)
   paths = param_paths(params)
+  every = paths + [b for p in paths if stacked_range(p) for b in block_paths(p)]
   for rule in rules:
-    if not any(rule.search(p) for p in paths):
+    if not any(rule.search(p) for p in every):
       raise ValueError(
           f"AGC exclusion rule {rule.pattern!r} matches no parameter; paths look like "
           f"{paths[:3]} (module_path/param_name).")
-  return jax.tree_util.tree_map_with_path(
-      lambda kp, _: not any(r.search(path_name(kp)) for r in rules), params)
+
+  def keep(kp, leaf):
+    path = path_name(kp)
+    return per_block([not any(r.search(b) or r.search(path) for r in rules)
+                      for b in block_paths(path)], np.ndim(leaf))
+
+  return jax.tree_util.tree_map_with_path(keep, params)
 
 
 def _resolve_mask(mask: Optional[Mask], params):
@@ -260,16 +308,17 @@ def adaptive_grad_clip(clipping: Union[float, jax.Array], eps: float = 1e-3,
           "update(grads, opt_state, params) (AGC scales each unit by its parameter norm).")
     resolved = _resolve_mask(mask, params)
 
-    def clip(g, p, keep=True):
+    def clip(kp, g, p, keep=True):
       if g is None:
         return None
+      stacked = stacked_range(path_name(kp)) is not None
       if isinstance(keep, (bool, np.bool_)):
-        return _clip_leaf(g, p, clipping, eps) if keep else g
-      return jnp.where(keep, _clip_leaf(g, p, clipping, eps), g)
+        return _clip_leaf(g, p, clipping, eps, stacked) if keep else g
+      return jnp.where(keep, _clip_leaf(g, p, clipping, eps, stacked), g)
 
     trees = (updates, params) if resolved is None else (updates, params, resolved)
     try:
-      clipped = jax.tree.map(clip, *trees, is_leaf=_is_none)
+      clipped = jax.tree_util.tree_map_with_path(clip, *trees, is_leaf=_is_none)
     except (ValueError, TypeError) as e:
       if "AGC" in str(e):
         raise
@@ -308,7 +357,8 @@ def clip_stats(grads, params, clipping, eps: float = 1e-3, mask: Optional[Mask] 
     - ``agc/max_ratio``: the largest unit ratio;
     - ``agc/frac_clipped/<group>``, ``agc/max_ratio/<group>`` (``per_group``): the same per group
       of ``group_fn(path)``, by default the block below the model (``stem_conv0``,
-      ``nf_block_3``, ``final_conv``, ``linear``): about 40 keys for an F0;
+      ``nf_block_3``, ``final_conv``, ``linear``): about 40 keys for an F0; stacked blocks are
+      counted block by block under their per-block paths;
     - ``agc/param_frac_clipped/<path>``, ``agc/param_max_ratio/<path>`` (``per_param``, off by
       default because an F0 has ~250 parameters): the same per parameter.
   """
@@ -320,14 +370,20 @@ def clip_stats(grads, params, clipping, eps: float = 1e-3, mask: Optional[Mask] 
   def visit(kp, g, p, keep):
     if g is None or keep is False or (isinstance(keep, np.bool_) and not keep):
       return None
-    g_norm = unitwise_norm(g)
-    p_floor = jnp.maximum(unitwise_norm(p), eps)
+    path = path_name(kp)
+    stacked = stacked_range(path) is not None
+    g_norm = unitwise_norm(g, stacked)
+    p_floor = jnp.maximum(unitwise_norm(p, stacked), eps)
     ratio = g_norm / p_floor
     clipped = (g_norm > clipping * p_floor).astype(jnp.float32)
     if not isinstance(keep, (bool, np.bool_)):
       on = jnp.asarray(keep, jnp.float32)
       clipped, ratio = clipped * on, ratio * on
-    entries.append((path_name(kp), jnp.sum(clipped), ratio.size, jnp.max(ratio)))
+    if stacked and (per_group or per_param):
+      for k, block in enumerate(block_paths(path)):
+        entries.append((block, jnp.sum(clipped[k]), ratio[k].size, jnp.max(ratio[k])))
+    else:
+      entries.append((path, jnp.sum(clipped), ratio.size, jnp.max(ratio)))
     return None
 
   jax.tree_util.tree_map_with_path(visit, grads, params, resolved, is_leaf=_is_none)

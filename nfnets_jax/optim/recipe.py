@@ -165,7 +165,10 @@ def weight_decay_mask(params):
 
   def decays(key_path, leaf):
     name = agc.path_name(key_path[-1:]) if key_path else ""
-    big_dims = sum(int(d) != 1 for d in np.shape(leaf))
+    shape = np.shape(leaf)
+    if agc.stacked_range(agc.path_name(key_path)):
+      shape = shape[1:]  # one block's shape (stacked blocks)
+    big_dims = sum(int(d) != 1 for d in shape)
     return name not in NO_DECAY_NAMES and big_dims >= 2
 
   return jax.tree_util.tree_map_with_path(decays, params)
@@ -173,15 +176,21 @@ def weight_decay_mask(params):
 
 def update_multipliers(params, freeze: str = "", body_lr_mult: float = 1.0):
   """A tree like ``params`` of python floats: 0 for paths matching the ``freeze`` regex, 1 for
-  the classifier (``agc.find_classifier``), ``body_lr_mult`` for everything else."""
+  the classifier (``agc.find_classifier``), ``body_lr_mult`` for everything else.
+
+  The regex sees per-block paths (``NFNet/~/nf_block_5/~/conv1/w``) also for stacked blocks;
+  freezing some blocks of a stack gives a float array over its leading (block) axis."""
   head = agc.find_classifier(params)
   pattern = re.compile(freeze) if freeze else None
 
-  def multiplier(key_path, _):
-    path = agc.path_name(key_path)
-    if pattern is not None and pattern.search(path):
+  def one(path, stacked_path):
+    if pattern is not None and (pattern.search(path) or pattern.search(stacked_path)):
       return 0.0
     return 1.0 if path.rsplit("/", 1)[0] == head else body_lr_mult
+
+  def multiplier(key_path, leaf):
+    path = agc.path_name(key_path)
+    return agc.per_block([one(b, path) for b in agc.block_paths(path)], np.ndim(leaf))
 
   return jax.tree_util.tree_map_with_path(multiplier, params)
 
@@ -197,7 +206,8 @@ def scale_by_path(multipliers_fn) -> optax.GradientTransformation:
     if params is None:
       raise ValueError("scale_by_path needs params (the multipliers depend on their paths).")
     mults = multipliers_fn(params)
-    return jax.tree.map(lambda u, m: u if m == 1.0 else u * m, updates, mults), state
+    return jax.tree.map(lambda u, m: u if isinstance(m, float) and m == 1.0
+                        else (u * m).astype(u.dtype), updates, mults), state
 
   return optax.GradientTransformation(init_fn, update_fn)
 

@@ -75,9 +75,16 @@ class BenchConfig:
   model_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
   label: Optional[str] = None
   label_smoothing: float = 0.1  # the recipe's (configs/default.py)
+  # Train only: SAM (engine/sam.py) with this radius (0 = off) and ascent batch fraction.
+  sam_rho: float = 0.0
+  sam_batch_fraction: float = 1.0
   # Eval only: fold the weight standardization into the kernels once per parameter set
   # (layers.fold_weight_standardization) and run the model under layers.folded_weights().
   fold_ws: bool = False
+  # XLA compile options (DebugOptions fields, e.g. ``xla_cpu_experimental_ynn_fusion_type``)
+  # for this config's step only, so variants compiled with different flags run side by side
+  # in one process (XLA_FLAGS would apply to every step).
+  xla_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def validate(self):
     if self.mode not in MODES:
@@ -87,6 +94,8 @@ class BenchConfig:
     if self.mode == "eval" and self.precision != "float32":
       raise ValueError("eval mode times steps.make_eval_apply, which runs in float32 like the "
                        f"engine's evaluation; got precision={self.precision!r}.")
+    if self.sam_rho and self.mode != "train":
+      raise ValueError("sam_rho applies to the train step only.")
     if self.batch < 1 or self.image_size < 8:
       raise ValueError(
           f"batch must be >= 1 and image_size >= 8 (got {self.batch}, {self.image_size}).")
@@ -102,10 +111,13 @@ class BenchConfig:
     parts = [self.model, self.mode, f"b{self.batch}", f"{self.image_size}px", self.precision]
     if self.mode == "train":
       parts.append("agc" if self.agc else "no_agc")
+      if self.sam_rho:
+        parts.append(f"sam(rho={self.sam_rho:g}, fraction={self.sam_batch_fraction:g})")
     if _accepts_impl(self.model):
       parts.append(f"conv={self.resolved_impl}")
     if self.fold_ws and self.mode == "eval":
       parts.append("folded")
+    parts.extend(f"{k}={v}" for k, v in sorted(self.xla_options.items()))
     return " ".join(parts)
 
   @property
@@ -228,7 +240,9 @@ def engine_config(cfg: BenchConfig) -> ml_collections.ConfigDict:
   """The fields of a training config that the engine's step builders read, for ``cfg``."""
   return ml_collections.ConfigDict(dict(
       compute_dtype=cfg.precision, label_smoothing=float(cfg.label_smoothing),
-      optimizer=ml_collections.ConfigDict(dict(name=cfg.optimizer_name)), ema_decay=None))
+      optimizer=ml_collections.ConfigDict(dict(name=cfg.optimizer_name)), ema_decay=None,
+      sam=ml_collections.ConfigDict(dict(rho=float(cfg.sam_rho),
+                                         batch_fraction=float(cfg.sam_batch_fraction)))))
 
 
 def _build_tx(opt_config, batch: int) -> optax.GradientTransformation:
@@ -272,14 +286,19 @@ def build_step(cfg: BenchConfig) -> Step:
       with layers.folded_weights() if cfg.fold_ws else contextlib.nullcontext():
         return eval_apply(params, state, x)
 
+    def init_eval(rng):
+      params, state = init_model(rng)
+      # The fold records each block's kernel by its own name: per-block parameters.
+      return (models.unstack_blocks(params) if cfg.fold_ws else params), state
+
     def make_args():
-      params, state = jax.jit(init_model)(rng0)
+      params, state = jax.jit(init_eval)(rng0)
       if cfg.fold_ws:  # Once per parameter set, not timed with the step.
         params = layers.fold_weight_standardization(
             transformed, params, state, jnp.zeros((1, 32, 32, 3), jnp.float32))
       return params, state, make_images_labels()[0]
 
-    abstract = jax.eval_shape(init_model, rng0) + (images,)
+    abstract = jax.eval_shape(init_eval, rng0) + (images,)
     return Step(cfg, jax.jit(eval_step), abstract, make_args, carry=lambda args, out: args)
 
   config = engine_config(cfg)
@@ -334,7 +353,7 @@ class Runner(_Timed):
     t0 = time.perf_counter()
     lowered = step.fn.lower(*step.abstract_args)
     t1 = time.perf_counter()
-    self.compiled = lowered.compile()
+    self.compiled = lowered.compile(compiler_options=dict(step.cfg.xla_options) or None)
     t2 = time.perf_counter()
     self.lower_s = t1 - t0
     self.compile_s = t2 - t1
@@ -360,7 +379,7 @@ class Runner(_Timed):
              image_size=cfg.image_size, precision=cfg.precision,
              optimizer=cfg.optimizer_name if cfg.mode == "train" else None,
              grouped_conv_impl=cfg.grouped_conv_impl, grouped_conv_resolved=cfg.resolved_impl,
-             model_kwargs=dict(cfg.model_kwargs),
+             model_kwargs=dict(cfg.model_kwargs), xla_options=dict(cfg.xla_options),
              lower_s=self.lower_s, compile_s=self.compile_s, first_step_s=self.first_step_s,
              compiled_memory=self.compiled_memory)
     r.update(timing_fields(self.times, cfg.batch, flops_per_step, peak_flops))

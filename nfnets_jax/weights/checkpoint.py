@@ -8,6 +8,12 @@ directory and renames it only once complete, so a crash mid-save never leaves a 
 checkpoint as the latest (``latest_step`` ignores unfinished directories). Non-finite
 parameters are refused, so a diverged run can never overwrite a good checkpoint.
 
+Layout. Files keep the per-block parameter names (``nf_block_5``) whatever the layout in
+memory: stacked blocks (``models.stacking``) are unstacked on save, in the params, the EMA and
+every params-shaped tree of the optimizer state, and restored into the target's layout, so
+checkpoints written before stacking existed resume unchanged. A raw read (no target) gives the
+per-block layout, which every model applies.
+
 Corruption. Every checkpoint carries a CRC32 of each array (in its step metadata), because
 orbax has no checksum of its own: random bytes in a data file restore silently as wrong
 numbers. ``restore_latest`` tries the newest checkpoint first; one that cannot be read
@@ -53,6 +59,7 @@ from nfnets_jax.errors import CheckpointSaveError
 from nfnets_jax.errors import NoReadableCheckpointError
 from nfnets_jax.errors import NonFiniteCheckpointError
 from nfnets_jax.errors import sentence
+from nfnets_jax.models import stacking
 
 CORRUPT_DIR = "corrupt"  # under the checkpoint directory; not a step name, so orbax ignores it
 CHECKSUM_KEY = "nfnets_crc32"  # in each step's custom metadata: {leaf name: crc32}
@@ -239,6 +246,7 @@ class Checkpointer:
     # A private copy: orbax may still read it after we return, and the caller's arrays can be
     # views of device buffers that the next train step donates.
     snapshot = jax.tree.map(lambda x: np.array(x, copy=True), state)
+    snapshot = stacking.map_param_dicts(stacking.unstack_blocks, snapshot)  # per-block on disk
     _BACKGROUND_ERRORS.open(self.save_errors_log)  # until wait() returns
     try:
       saved = self._manager.save(int(step), args=ocp.args.StandardSave(snapshot), force=force,
@@ -288,11 +296,15 @@ class Checkpointer:
     if target is None:
       args = ocp.args.StandardRestore()
     else:
+      on_disk = stacking.map_param_dicts(
+          stacking.unstack_blocks, jax.tree.map(lambda x: x, target))
       abstract = jax.tree.map(
-          lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), target)
+          lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), on_disk)
       args = ocp.args.StandardRestore(abstract)
     restored = jax.tree.map(np.asarray, self._manager.restore(int(step), args=args))
     self._verify(step, restored)
+    if target is not None:  # back into the target's (stacked) layout
+      restored = stacking.map_param_dicts(stacking.match_layout, restored, target)
     return restored
 
   def restore(self, target: Any, step: Optional[int] = None) -> Any:

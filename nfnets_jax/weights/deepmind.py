@@ -30,6 +30,7 @@ import numpy as np
 from nfnets_jax import models
 from nfnets_jax.errors import CheckpointError, CheckpointNotFoundError, UnsafePickleError
 from nfnets_jax.models import nfnet
+from nfnets_jax.models import stacking
 
 # DeepMind's released files by variant, read from the model records.
 KNOWN_MD5 = {info.kwargs["variant"]: w.md5 for info, w in models.published_weights(
@@ -178,6 +179,7 @@ def _expected_param_shapes(model_name, num_classes, in_channels, **overrides):
   x = jax.ShapeDtypeStruct((1, 64, 64, in_channels), jnp.float32)
   params, _ = jax.eval_shape(lambda rng, x: transformed.init(rng, x, False),
                              jax.random.PRNGKey(0), x)
+  params = stacking.unstack_blocks(params)  # files name blocks one by one
   return {m: {n: tuple(a.shape) for n, a in d.items()} for m, d in params.items()}
 
 
@@ -385,7 +387,7 @@ def save_params_npz(params: Mapping, path, metadata=None) -> None:
   if not isinstance(metadata, NpzMetadata):
     metadata = NpzMetadata.from_dict(dict(metadata or {}), source=f"metadata for {path}")
   flat = {}
-  for key, value in _flat_names(params).items():
+  for key, value in _flat_names(stacking.unstack_blocks(params)).items():
     if key == NPZ_META_KEY:
       raise ValueError(f"Parameter name {key!r} collides with the metadata key.")
     flat[key] = np.asarray(value)

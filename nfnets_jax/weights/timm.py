@@ -63,6 +63,7 @@ import numpy as np
 
 from nfnets_jax import models
 from nfnets_jax.errors import CheckpointError
+from nfnets_jax.models import stacking
 from nfnets_jax.models.nfnet import NFNet
 from nfnets_jax.models.nfnet_l import NFNetL
 from nfnets_jax.models.timm_variants import TimmNFNet
@@ -318,6 +319,7 @@ def _model_spec_cached(model_name, num_classes, kwargs_items):
 
   shapes = jax.eval_shape(hk.transform(forward).init, jax.random.PRNGKey(0),
                           jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+  shapes = stacking.unstack_blocks(shapes)  # timm's names are per block, as ours on disk
   module = holder["module"]
   if isinstance(module, NFNet):
     stages = [spec.stage for spec in module.block_specs]
@@ -451,6 +453,7 @@ def from_haiku(params: Mapping[str, Mapping[str, Any]], timm_name: str,
                model_overrides: Optional[dict] = None) -> Dict[str, np.ndarray]:
   """Our params -> a timm state dict (numpy, timm names and layouts); inverse of to_haiku."""
   name, info, kwargs = _resolve(timm_name, model_overrides)
+  params = stacking.unstack_blocks(params)
   heads = [m for m in params if m.endswith("/~/linear") and m.count("/~/") == 1]
   if num_classes is None:
     if len(heads) != 1 or "b" not in params[heads[0]]:

@@ -167,3 +167,25 @@ def test_randaugment_deterministic_per_seed_and_grayscale_ok():
   assert g.shape == (9, 9, 1) and 0 <= g.min() and g.max() <= 255
   with pytest.raises(ValueError, match="magnitude"):
     ra.randaugment(tf.constant(IMG), seed, 1, 11.0)
+
+
+def test_fast_forms_equal_the_definitions_on_fractional_images():
+  # After MixUp pixels are fractional; thresholds, 0 and 255 themselves included.
+  x = np.concatenate([[0.0, 255.0, 128.0, 127.99, 128.01, 25.6, 230.4], RNG.uniform(0, 255, 500)])
+  x = x.astype(np.float32).reshape(13, 13, 3)
+  t = tf.constant(x)
+  for thr in (0.0, 25.6, 128.0, 230.4, 256.0):
+    np.testing.assert_array_equal(ra.solarize(t, thr), np.where(x >= thr, 255 - x, x))
+  for add in (0.0, 55.0, 110.0):
+    np.testing.assert_array_equal(ra.solarize_add(t, add),
+                                  np.where(x < 128, np.clip(x + add, 0, 255), x))
+  for bits in (4, 6, 8):
+    keep = (0xFF << (8 - bits)) & 0xFF
+    np.testing.assert_array_equal(ra.posterize(t, bits),
+                                  (np.clip(np.round(x), 0, 255).astype(np.uint8) & keep))
+  lo, hi = x.min((0, 1)), x.max((0, 1))
+  np.testing.assert_allclose(ra.autocontrast(t), np.clip((x - lo) * (255 / (hi - lo)), 0, 255),
+                             rtol=1e-6, atol=1e-4)
+  mean = gray(x).mean()
+  np.testing.assert_allclose(ra.contrast(t, 1.45), np.clip(mean + 1.45 * (x - mean), 0, 255),
+                             rtol=1e-5, atol=1e-3)

@@ -119,7 +119,8 @@ def test_deepmind_format_pickle_loads_and_evaluates(tmp_path):
   assert "NFNet/~/nf_block_3/~/conv1" in params
   path = str(tmp_path / "F0_haiku.npz")
   with open(path, "wb") as f:  # the released files are dill pickles of {module: {name: array}}
-    dill.dump({m: dict(d) for m, d in params.items()}, f)
+    # DeepMind's files name every block (our in-memory stacks are unstacked, as on disk).
+    dill.dump({m: dict(d) for m, d in models.unstack_blocks(params).items()}, f)
   # An unknown file is refused before unpickling unless trusted (or its MD5 is given).
   with pytest.raises(deepmind.CheckpointError, match="trust"):
     ec.evaluate_checkpoint(path, config, log=lambda s: None)

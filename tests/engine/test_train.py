@@ -236,3 +236,13 @@ def test_run_file_records_the_normalization_of_a_tfds_dataset(tmp_path, normaliz
     record = json.load(f)
   assert record["mean"] == pytest.approx(mean) and record["std"] == pytest.approx(std)
   assert record["eval_preproc"] == "resize_crop_32"
+
+
+def test_profile_steps_writes_a_trace_of_those_steps(tmp_path, capsys):
+  workdir = tmp_path / "profiled"
+  train.train_and_evaluate(tiny_config(profile_steps=(1, 2)), str(workdir))
+  traces = list((workdir / train.PROFILE_DIR).rglob("*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+  # The train step is annotated: its name is in the trace.
+  assert b"train_step" in traces[0].read_bytes()
+  assert "Wrote a profile of train steps 1..1" in capsys.readouterr().out

@@ -56,7 +56,13 @@ def _assert_close(a, b, rtol, atol):
     np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
-def test_two_processes_match_one_process(tmp_path):
+# The mesh engine with the state sharded over both processes' devices (fsdp=4) must match the
+# one-process pmap run too.
+@pytest.mark.parametrize("engine_flags", [
+    pytest.param([], id="pmap"),
+    pytest.param(["--config.parallel=mesh", "--config.fsdp=4"], id="mesh_fsdp4"),
+])
+def test_two_processes_match_one_process(tmp_path, engine_flags):
   flags = ["--config.num_train_steps=3", "--config.batch_size=16"]
   single = str(tmp_path / "single")
   out = subprocess.run(_command(single, *flags), env=_env(4), capture_output=True, text=True,
@@ -67,8 +73,8 @@ def test_two_processes_match_one_process(tmp_path):
   multi = str(tmp_path / "multi")
   port = _free_port()
   procs = [subprocess.Popen(
-      _command(multi, *flags, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-               f"--process_id={i}"),
+      _command(multi, *flags, *engine_flags, f"--coordinator_address=127.0.0.1:{port}",
+               "--num_processes=2", f"--process_id={i}"),
       env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
   outputs = [p.communicate(timeout=240) for p in procs]
   for p, (stdout, stderr) in zip(procs, outputs):

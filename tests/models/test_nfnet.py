@@ -33,8 +33,8 @@ F0_BETAS = [1.0, 0.980581, 0.980581, 0.962250, 0.980581, 0.962250, 0.944911, 0.9
 def _param_shapes(variant, num_classes=1000):
   f = hk.transform(lambda x: nfnet.NFNet(num_classes, variant=variant, grouped_conv_impl="native")(
       x, is_training=False))
-  return jax.eval_shape(f.init, jax.random.PRNGKey(0),
-                        jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
+  return models.unstack_blocks(jax.eval_shape(  # the per-block names of every file
+      f.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)))
 
 
 # ------------------------------------------------------------------------------------------
@@ -284,42 +284,3 @@ def test_signal_propagation_and_stochastic_depth():
   assert np.all(kept ^ dropped)           # Every example entirely kept or entirely dropped.
   assert 16 <= dropped.sum() <= 48        # Binomial(64, 0.5) (P(outside) < 1e-4).
   assert not np.allclose(block_eval, x_block, atol=1e-3)  # The branch is not trivially 0.
-
-
-def test_scanned_stages_equal_block_by_block():
-  """scan_blocks=True: same parameter tree, same numbers, same stochastic-depth masks."""
-  kw = dict(variant="F0", width=0.25, group_width=16, stochdepth_rate=0.5, drop_rate=0.0,
-            grouped_conv_impl="native")
-
-  def make(scan):
-    return hk.transform(lambda x, t: nfnet.NFNet(10, scan_blocks=scan, **kw)(x, t)["logits"])
-
-  plain, scanned = make(False), make(True)
-  # F0 depths (1, 2, 6, 3): each stage's head alone, the blocks after it in one scan.
-  assert nfnet.identical_runs(nfnet.block_config("F0", width=0.25, group_width=16)) == [
-      [0], [1], [2], [3], [4, 5, 6, 7, 8], [9], [10, 11]]
-  x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
-  params = plain.init(jax.random.PRNGKey(1), x, True)
-  params_scanned = scanned.init(jax.random.PRNGKey(1), x, True)
-  assert jax.tree.structure(params) == jax.tree.structure(params_scanned)
-  jax.tree.map(np.testing.assert_array_equal, params, params_scanned)
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
-  params = jax.tree.unflatten(treedef, [
-      p + 0.02 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-
-  def loss_and_grads(f):
-    def loss(p, rng):
-      logits = f.apply(p, rng, x, True)
-      return jnp.sum(logits ** 2), logits
-    return jax.jit(jax.value_and_grad(loss, has_aux=True))
-
-  (_, a), grads_a = loss_and_grads(plain)(params, jax.random.PRNGKey(2))
-  scanned_fn = loss_and_grads(scanned)
-  (_, b), grads_b = scanned_fn(params, jax.random.PRNGKey(2))
-  np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * float(np.abs(a).max()))
-  for ga, gb in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
-    np.testing.assert_allclose(gb, ga, rtol=1e-5, atol=1e-5 * float(np.abs(ga).max()) + 1e-12)
-  # Rate 0.5 drops examples, so equal logits above mean equal masks: other keys differ.
-  (_, other), _ = scanned_fn(params, jax.random.PRNGKey(5))
-  assert not np.allclose(other, b, atol=1e-4)

@@ -278,3 +278,23 @@ def test_input_pipeline_benchmark(tmp_path):
   assert r["output_shapes"] == {"images": [1, 4, 64, 64, 3], "labels": [1, 4, 1000]}
   assert r["images_per_s"] > 0 and len(r["batch_times_s"]) == 2
   np.testing.assert_allclose(r["images_per_s_per_core"] * r["cpu_cores"], r["images_per_s"])
+
+
+def test_xla_options_reach_the_compiler_per_config():
+  """``BenchConfig.xla_options`` compile one variant with XLA options (issue 22: YNNPACK fusion
+  types side by side in one process): same outputs, the option in the name, bad values
+  rejected by XLA itself."""
+  ynn = "xla_cpu_experimental_ynn_fusion_type"
+  base = dict(model="nf_demo_tiny", mode="eval", batch=2, image_size=16, num_classes=10)
+  plain = benchmark.Runner(benchmark.build_step(benchmark.BenchConfig(**base)))
+  cfg = benchmark.BenchConfig(xla_options={ynn: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}, **base)
+  assert cfg.name.endswith(f"{ynn}=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT")
+  other = benchmark.Runner(benchmark.build_step(cfg))
+  assert other.result(None, None)["xla_options"] == cfg.xla_options
+  if jax.default_backend() == "cpu":  # Convolutions leave YNNPACK: a different program.
+    assert plain.compiled.as_text() != other.compiled.as_text()
+  np.testing.assert_allclose(other.compiled(*plain.args), plain.compiled(*plain.args),
+                             rtol=1e-5, atol=1e-6)
+  bad = benchmark.BenchConfig(xla_options={ynn: "NO_SUCH_TYPE"}, **base)
+  with pytest.raises(Exception, match=ynn):
+    benchmark.Runner(benchmark.build_step(bad), compile_only=True)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from nfnets_jax.weights import deepmind
+from nfnets_jax import models
 from nfnets_jax.models import nfnet
 
 TINY = dict(width=0.125, group_width=8)
@@ -29,6 +30,7 @@ def tiny_params():
       x, is_training=False))
   shapes = jax.eval_shape(forward.init, jax.random.PRNGKey(0),
                           jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+  shapes = models.unstack_blocks(shapes)  # DeepMind's files name blocks one by one
   rng = np.random.default_rng(0)
   return {m: {n: rng.standard_normal(a.shape).astype(np.float32) for n, a in d.items()}
           for m, d in shapes.items()}
