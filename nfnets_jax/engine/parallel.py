@@ -70,14 +70,17 @@ def shard(batch, devices=None):
   return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
 
 
-def prefetch(iterator: Iterable, size: int = 2, devices=None) -> Iterator:
-  """Shards batches ``size`` steps ahead so host-to-device copies overlap compute."""
+def prefetch(iterator: Iterable, size: int = 2, devices=None,
+             put: Optional[Callable] = None) -> Iterator:
+  """Places batches ``size`` steps ahead so host-to-device copies overlap compute; ``put``
+  places one batch (default: ``shard`` over ``devices``, pmap's layout)."""
   queue = collections.deque()
   iterator = iter(iterator)
+  put = put or (lambda batch: shard(batch, devices))
 
   def enqueue(n):
     for batch in itertools.islice(iterator, n):
-      queue.append(shard(batch, devices))
+      queue.append(put(batch))
 
   enqueue(size)
   while queue:
@@ -284,8 +287,12 @@ class PmapEngine(Engine):
   def get(self, tree):
     return unreplicate(tree)
 
+  def put_batch(self, batch):
+    """Host ``[local_devices, per_device, ...]`` -> one slice per local device."""
+    return shard(batch, self.devices)
+
   def batches(self, iterator, size: int = 2):
-    return prefetch(iterator, size=size, devices=self.devices)
+    return prefetch(iterator, size=size, put=self.put_batch)
 
   def make_train_step(self, grad_fn, update_fn, *, accumulation_steps: int = 1,
                       donate: bool = True):
@@ -339,17 +346,7 @@ class MeshEngine(Engine):
     return jax.tree.map(put, batch)
 
   def batches(self, iterator, size: int = 2):
-    queue = collections.deque()
-    iterator = iter(iterator)
-
-    def enqueue(n):
-      for batch in itertools.islice(iterator, n):
-        queue.append(self.put_batch(batch))
-
-    enqueue(size)
-    while queue:
-      yield queue.popleft()
-      enqueue(1)
+    return prefetch(iterator, size=size, put=self.put_batch)
 
   def make_train_step(self, grad_fn, update_fn, *, accumulation_steps: int = 1,
                       donate: bool = True):
