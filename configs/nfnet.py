@@ -16,7 +16,7 @@ ascent gradient per device (not synchronised), from 20% of each device's batch, 
 (``--config.sam.rho``, ``--config.sam.batch_fraction``, ``--config.sam.sync``).
 
 Each stage's repeated blocks are stacked and scanned (``model_kwargs.scan_blocks``, default True),
-so F7's train step compiles in ~3.6x F0's time (docs/benchmarks.md "Time to first step");
+so F7 reaches its first train step in 1.5-1.7x F0's time (docs/benchmarks.md "Time to first step");
 ``--config.model_kwargs.scan_blocks=False``
 runs block by block as earlier versions did.
 ``configs/nfnet.py:F0,local``: a 10-step smoke run at 64 px, batch 16, float32 (runs on a CPU).

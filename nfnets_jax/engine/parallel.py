@@ -53,6 +53,20 @@ def replicate(tree, devices=None):
   return jax.tree.map(rep, tree)
 
 
+def owned_by_xla(tree):
+  """``tree`` as buffers XLA owns. On the CPU, ``device_put`` of a numpy array shares the
+  array's memory, a buffer XLA cannot donate: the first train step would then write a second
+  state beside the first (F7: 6 GB more to page in, ~30 s; docs/benchmarks.md "Time to first
+  step"). Accelerators copy on ``device_put`` anyway; there this returns ``tree`` unchanged."""
+  leaves = [x for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
+  if not any(d.platform == "cpu" for x in leaves for d in x.sharding.device_set):
+    return tree
+  # A runtime copy on the same devices: nothing to compile, unlike jnp.copy per shape.
+  return jax.tree.map(
+      lambda x: jax.device_put(x, x.sharding, may_alias=False) if isinstance(x, jax.Array)
+      else x, tree)
+
+
 def unreplicate(tree):
   """Host (numpy) copy of the first device's slice of every replicated leaf."""
 
@@ -258,8 +272,9 @@ class Engine:
   """What the training loop needs from a device layout; ``PmapEngine`` or ``MeshEngine``.
 
   ``put_state``/``get_state`` move a host state (the same numpy tree on every process) onto the
-  devices and back; ``get`` reads a small replicated result (metrics, counters); ``batches``
-  places host batches shaped ``[local_devices, per_device, ...]`` a few steps ahead.
+  devices and back; ``init_state`` creates a fresh one on the devices (no host copy);
+  ``get`` reads a small replicated result (metrics, counters); ``batches`` places host
+  batches shaped ``[local_devices, per_device, ...]`` a few steps ahead.
   """
   name: str
   axis_name: Any  # the device axes of the per-device code (``grad_fn``'s collectives)
@@ -279,7 +294,15 @@ class PmapEngine(Engine):
   axis_name = AXIS
 
   def put_state(self, host_state):
-    return replicate(host_state, self.devices)
+    return owned_by_xla(replicate(host_state, self.devices))
+
+  def init_state(self, make, *args):
+    """``make(*args)`` (a jittable state factory) computed where the state lives: on each
+    device, in buffers XLA owns (the first step can donate them; nothing passes the host)."""
+    n = len(self.devices)
+    def placed(*a):
+      return jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), make(*a))
+    return jax.jit(placed, out_shardings=local_sharding(self.devices))(*args)
 
   def get_state(self, state):
     return unreplicate(state)
@@ -329,7 +352,12 @@ class MeshEngine(Engine):
     def put(x, sharding):
       x = np.asarray(x)
       return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-    return jax.tree.map(put, host_state, self.shardings(host_state))
+    return owned_by_xla(jax.tree.map(put, host_state, self.shardings(host_state)))
+
+  def init_state(self, make, *args):
+    """``make(*args)`` computed straight into the state's shards (fsdp: no device and no host
+    ever holds the whole state)."""
+    return jax.jit(make, out_shardings=self.shardings(jax.eval_shape(make, *args)))(*args)
 
   def get_state(self, state):
     return jax.tree.map(_host_value, state)

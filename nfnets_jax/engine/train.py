@@ -21,7 +21,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 from jax.experimental import multihost_utils
@@ -107,10 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     warning = validation.warmup_warning(config, setup)
     if warning:
       run.console.print(warning)
-    state = restore_or_init(run, source)
-    start_step = int(state["step"])
-    rstate = run.engine.put_state(state)
-    del state
+    rstate, start_step = start_state(run, source)
     rstate, result = train_loop(run, rstate, start_step)
     if not result.preempted:
       result.eval_results = evaluate_state(run, rstate, result.step)
@@ -233,12 +230,17 @@ def write_run_file(run: Run) -> None:
   os.replace(path + ".tmp", path)
 
 
-def count_params(run: Run) -> int:
-  """The model's parameter count, from shapes alone (nothing is compiled or allocated)."""
+def param_shapes(run: Run):
+  """The model's parameters as shape structs (nothing is compiled or allocated)."""
   dummy = jax.ShapeDtypeStruct((1,) + tuple(run.setup.image_shape), jnp.float32)
   params, _ = jax.eval_shape(lambda rng, x: run.forward.init(rng, x, True),
                              jax.random.PRNGKey(0), dummy)
-  return layers.count_params(params)
+  return params
+
+
+def count_params(run: Run) -> int:
+  """The model's parameter count, from shapes alone."""
+  return layers.count_params(param_shapes(run))
 
 
 def describe_run(run: Run, num_params: int) -> str:
@@ -273,15 +275,37 @@ def describe_engine(run: Run) -> str:
   return "".join(", " + p for p in parts)
 
 
-def initial_state(forward, tx, config, image_shape) -> Dict[str, Any]:
-  """The step-0 host state: params, model state, optimizer state, EMA, step, RNG, counters."""
+def initial_state(forward, tx, config, image_shape, engine: Optional[parallel.Engine] = None
+                  ) -> Dict[str, Any]:
+  """The step-0 state: params, model state, optimizer state, EMA, step, RNG, counters. As host
+  numpy, or with ``engine``, created in place on its devices (``engine.init_state``)."""
   rng = jax.random.PRNGKey(int(config.seed))
   init_rng, train_rng = jax.random.split(rng)
   dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  params, model_state = jax.jit(forward.init, static_argnums=(2,))(init_rng, dummy, True)
-  state = steps.make_train_state(params, model_state, tx, train_rng,
-                                 with_ema=config.get("ema_decay", None) is not None)
-  return jax.tree.map(np.asarray, jax.device_get(state))
+  with_ema = config.get("ema_decay", None) is not None
+
+  def make(init_rng, train_rng, dummy):  # one program: init, optimizer zeros, EMA copy
+    params, model_state = forward.init(init_rng, dummy, True)
+    return steps.make_train_state(params, model_state, tx, train_rng, with_ema=with_ema)
+
+  if engine is not None:  # host values: the same on every process
+    return engine.init_state(make, *map(np.asarray, (init_rng, train_rng, dummy)))
+  return jax.tree.map(np.asarray, jax.device_get(jax.jit(make)(init_rng, train_rng, dummy)))
+
+
+def start_state(run: Run, source=None) -> Tuple[Any, int]:
+  """The state on the engine's devices and its step: a fresh start is created there directly
+  (F7: 6 GB that never pass the host, and a first step that reuses them); a resume or a
+  fine-tuning start goes through the host (``restore_or_init``)."""
+  fresh = run.ckpt.latest_step() is None and not (
+      source is not None and run.config.get("init_params", True))
+  if not fresh:
+    state = restore_or_init(run, source)
+    return run.engine.put_state(state), int(state["step"])
+  freeze = run.config.optimizer.get("freeze", "")
+  if freeze:
+    run.console.print(finetune.frozen_summary(param_shapes(run), freeze))
+  return initial_state(run.forward, run.tx, run.config, run.setup.image_shape, run.engine), 0
 
 
 def restore_or_init(run: Run, source=None) -> Dict[str, Any]:
@@ -413,20 +437,31 @@ def train_loop(run: Run, rstate, start_step: int):
   if step < setup.total_steps:
     run.console.print(f"Compiling the train step ({describe_step(run)})...")
   t_loop = time.time()
+  train_step = run.train_step
+  # Compiled ahead of its first run, so the console tells the two apart. Not across processes:
+  # pmap's compiled form takes the global shapes there, and its calls pass the local ones.
+  ahead = jax.process_count() == 1
   try:
     with _SignalFlag() as sigterm:
       while step < setup.total_steps:
+        batch = next(batches)
+        if compile_time is None and ahead:
+          train_step = run.train_step.lower(rstate, batch).compile()
+          compile_time = time.time() - t_loop
+          run.console.print(f"Compiled the train step in {compile_time:.1f}s.")
         profiler.before(step)
         with jax.profiler.StepTraceAnnotation("train_step", step_num=step):
-          rstate, metrics = run.train_step(rstate, next(batches))
+          rstate, metrics = train_step(rstate, batch)
+        del batch
         step += 1
         profiler.after(step, rstate)
         meter.add(metrics)
-        if compile_time is None:
+        if step == start_step + 1:  # the steady rate starts after the first step
           jax.block_until_ready(metrics)
-          compile_time = time.time() - t_loop
-          run.console.print(f"Compiled the train step in {compile_time:.1f}s (with its first "
-                            "step).")
+          if compile_time is None:
+            compile_time = time.time() - t_loop
+            run.console.print(f"Compiled the train step in {compile_time:.1f}s (with its first "
+                              "step).")
           meter.restart_clock(step)
         is_last = step == setup.total_steps
         if step % log_every == 0 or is_last:

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from nfnets_jax import layers
 from nfnets_jax.models import registry
+from nfnets_jax.models import draw_ahead
 from nfnets_jax.models import stacking
 from nfnets_jax.models.parts import check_remat
 from nfnets_jax.models.registry import register
@@ -271,6 +272,10 @@ class NFNet(hk.Module):
       raise ValueError(f"NFNet expects NHWC images, got shape {x.shape}.")
     outputs = {}
     out = x
+    if hk.running_init():
+      # Every key this init draws outside the runs' later blocks, queued as one scan (the
+      # same keys): stem, each run's first block (at most 8 draws), final conv, fc, dropout.
+      draw_ahead.queue_keys(len(self.stem_convs) + 8 * len(self.runs) + 3)
     for i, conv in enumerate(self.stem_convs):
       if i:
         out = self.activation(out)
@@ -321,19 +326,24 @@ class NFNet(hk.Module):
 
     The blocks run one by one, drawing their initial values (and stochastic-depth keys) in
     the per-block model's order, without storing them; the run's module then stores the
-    stacked values.
+    stacked values. The keys are queued ahead and the blocks after the first take their
+    values from one vmapped initializer per parameter (``draw_ahead.RunInit``), so a jitted
+    init compiles per run what it used to compile per block.
     """
+    plan = draw_ahead.RunInit.start(len(run))
     values: Dict[tuple, list] = {}
-    for i in run:
+    for b, i in enumerate(run):
       block = self.blocks[i]
-      def creator(next_creator, shape, dtype, init, context, block=block):
+      def creator(next_creator, shape, dtype, init, context, block=block, b=b):
         del next_creator
         key = (context.module_name[len(block.module_name):], context.name)
-        values.setdefault(key, []).append(init(shape, dtype))
+        values.setdefault(key, []).append(plan.create(key, b, shape, dtype, init))
         return hk.DO_NOT_STORE
       with hk.custom_creator(creator), _read_from(
           block.module_name, lambda key, name: values[(key, name)][-1], create=False):
         x, res_var = block(x, is_training)
+      if b == 0:
+        plan.first_block_done()
       if metrics is not None:
         metrics.update(layers.signal_metrics(x.astype(jnp.float32), f"block_{i}"))
         metrics[f"block_{i}_res_var"] = res_var
@@ -342,7 +352,7 @@ class NFNet(hk.Module):
       del init
       key = (context.module_name[len(stack.module_name):], context.name)
       return next_creator((len(run),) + tuple(shape), dtype,
-                          lambda *_: jnp.stack(values[key]))
+                          lambda *_: plan.stacked(key, values[key]))
     def first(next_getter, value, context):
       if context.module_name.startswith(stack.module_name):
         value = value[0]

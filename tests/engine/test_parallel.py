@@ -145,3 +145,48 @@ def test_example_ids_make_masks_independent_of_the_split():
   with layers.example_ids(np.arange(3, dtype=np.int32)):
     with pytest.raises(ValueError, match="example_ids has shape"):
       layers.drop_examples(x, 0.5, rng)
+
+
+@pytest.mark.parametrize("overrides", [dict(num_devices=1), dict(num_devices=8),
+                                       dict(parallel="mesh", fsdp=8)],
+                         ids=["pmap_1", "pmap_8", "mesh_fsdp8"])
+def test_the_placed_state_can_be_donated(overrides, monkeypatch):
+  # On the CPU, device_put of a numpy array shares its memory and XLA cannot donate it: the
+  # first step would allocate a second state. put_state hands XLA's own buffers; the donated
+  # input is consumed (deleted), and the host arrays are untouched.
+  monkeypatch.setattr(parallel, "MIN_SHARDED_SIZE", 16)
+  engine = parallel.make_engine(stochastic_config(**overrides))
+  host = {"w": np.arange(64 * 32, dtype=np.float32).reshape(64, 32), "step": np.int32(3)}
+  placed = engine.put_state(host)
+  assert not any(x.is_deleted() for x in jax.tree.leaves(placed))
+  step = jax.jit(lambda s: jax.tree.map(lambda x: x + 1, s), donate_argnums=0)
+  out = step(placed)
+  assert all(x.is_deleted() for x in jax.tree.leaves(placed))
+  np.testing.assert_array_equal(engine.get_state(out)["w"], host["w"] + 1)
+  np.testing.assert_array_equal(host["w"], np.arange(64 * 32).reshape(64, 32))
+
+
+@pytest.mark.parametrize("overrides", [dict(num_devices=1), dict(num_devices=8),
+                                       dict(parallel="mesh", fsdp=8)],
+                         ids=["pmap_1", "pmap_8", "mesh_fsdp8"])
+def test_a_fresh_state_is_created_on_the_devices(overrides, monkeypatch, tmp_path):
+  # A fresh start computes the state where the engine keeps it (train.start_state): the same
+  # values and placement as the host state put there, in buffers the first step can donate.
+  monkeypatch.setattr(parallel, "MIN_SHARDED_SIZE", 16)
+  config = stochastic_config(**overrides)
+  setup = validation.validate_config(config)
+  run = train.build_run(config, str(tmp_path), setup)
+  try:
+    host = train.initial_state(run.forward, run.tx, config, setup.image_shape)
+    placed, step = train.start_state(run)
+    assert step == 0
+    jax.tree.map(np.testing.assert_array_equal, run.engine.get_state(placed), host)
+    put = run.engine.put_state(host)
+    shards = lambda t: jax.tree.map(  # noqa: E731
+        lambda a: [(s.device.id, s.data.shape) for s in a.addressable_shards], t)
+    assert shards(placed) == shards(put)
+    jax.jit(lambda s: jax.tree.map(lambda x: x + 1, s), donate_argnums=0)(placed)
+    assert all(x.is_deleted() for x in jax.tree.leaves(placed))
+  finally:
+    run.ckpt.close()
+    run.writer.close()

@@ -11,6 +11,7 @@ import types
 
 import haiku as hk
 import jax
+import jax.extend
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -97,6 +98,42 @@ def test_stacked_init_equals_per_block_init_and_round_trips():
   jax.tree.map(np.testing.assert_array_equal, models.unstack_blocks(stacked), params)
   assert models.match_layout(params, stacked).keys() == stacked.keys()
   assert models.match_layout(stacked, params).keys() == params.keys()
+
+
+def test_jitted_stacked_init_equals_per_block_init():
+  # Under jit, the keys queued by one scan and the vmapped initializers of each run
+  # (models/draw_ahead.py) give the per-block model's values bit for bit.
+  # (Both jitted: XLA's fused truncated normal differs from the op-by-op one in the last bit.)
+  def jitted(scan):
+    return jax.jit(_model(scan).init, static_argnums=2)(jax.random.PRNGKey(1), X, True)
+  jax.tree.map(np.testing.assert_array_equal, jitted(True), stacking.stack_blocks(jitted(False)))
+
+
+def _random_ops(variant, scan):
+  """Random draws (splits and bits) in the traced init of ``variant``, a scan's body once
+  (``is_training=False``: no stochastic-depth draws in the forward, only the initializers')."""
+  f = hk.transform(lambda x: nfnet.NFNet(10, variant=variant, width=0.25, group_width=16,
+                                         scan_blocks=scan, grouped_conv_impl="native")(x, False))
+  def count(jaxpr):
+    n = 0
+    for eqn in jaxpr.eqns:
+      n += eqn.primitive.name in ("random_split", "random_bits", "threefry2x32")
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        n += count(sub)
+    return n
+  return count(jax.make_jaxpr(f.init)(jax.random.PRNGKey(0), X[:1]).jaxpr)
+
+
+def test_init_draws_per_run_not_per_block():
+  # F7 (depths 8, 16, 48, 24) has 4x the blocks of F1 (2, 4, 12, 6) in the same four runs.
+  # Block by block the random ops grow with the blocks (238 -> 1,102); stacked, each run's
+  # parameters are drawn once (88 -> 106: a longer run queues its keys in one more scan), so
+  # F7's jitted init compiles like F0's.
+  stacked = {v: _random_ops(v, True) for v in ("F1", "F7")}
+  per_block = {v: _random_ops(v, False) for v in ("F1", "F7")}
+  assert per_block["F7"] > 4 * per_block["F1"]
+  assert stacked["F7"] < 1.25 * stacked["F1"]
+  assert stacked["F1"] < 0.5 * per_block["F1"]
 
 
 @pytest.mark.parametrize("variant", ["F0", "F3", "F7"])
