@@ -357,7 +357,10 @@ class MeshEngine(Engine):
   def init_state(self, make, *args):
     """``make(*args)`` computed straight into the state's shards (fsdp: no device and no host
     ever holds the whole state)."""
-    return jax.jit(make, out_shardings=self.shardings(jax.eval_shape(make, *args)))(*args)
+    def placed(*a):
+      state = make(*a)
+      return jax.lax.with_sharding_constraint(state, self.shardings(state))
+    return jax.jit(placed)(*args)  # traced once: the shardings come from the traced shapes
 
   def get_state(self, state):
     return jax.tree.map(_host_value, state)

@@ -302,19 +302,23 @@ def start_state(run: Run, source=None) -> Tuple[Any, int]:
   if not fresh:
     state = restore_or_init(run, source)
     return run.engine.put_state(state), int(state["step"])
-  freeze = run.config.optimizer.get("freeze", "")
-  if freeze:
-    run.console.print(finetune.frozen_summary(param_shapes(run), freeze))
+  if run.config.optimizer.get("freeze", ""):
+    print_frozen(run, param_shapes(run))
   return initial_state(run.forward, run.tx, run.config, run.setup.image_shape, run.engine), 0
+
+
+def print_frozen(run: Run, params) -> None:
+  """Says how many tensors ``config.optimizer.freeze`` freezes (one that matches none fails)."""
+  frozen = finetune.frozen_summary(params, run.config.optimizer.get("freeze", ""))
+  if frozen:
+    run.console.print(frozen)
 
 
 def restore_or_init(run: Run, source=None) -> Dict[str, Any]:
   """The newest readable checkpoint of the workdir, or else the initial state (with the
   pretrained ``source``'s weights copied in when fine-tuning)."""
   state = initial_state(run.forward, run.tx, run.config, run.setup.image_shape)
-  frozen = finetune.frozen_summary(state["params"], run.config.optimizer.get("freeze", ""))
-  if frozen:
-    run.console.print(frozen)
+  print_frozen(run, state["params"])
   restored = run.ckpt.restore_latest(state)
   if restored is None:
     if source is not None and run.config.get("init_params", True):

@@ -48,11 +48,6 @@ def queue_keys(n: int) -> bool:
   return True
 
 
-def pop_keys(n: int) -> List[jax.Array]:
-  """The next ``n`` keys of the sequence (from the queue when queued)."""
-  return [hk.next_rng_key() for _ in range(n)]
-
-
 def init_with_keys(init: Callable, shape, dtype, keys: jax.Array, count: int):
   """``init(shape, dtype)`` with its ``count`` draws of ``hk.next_rng_key()`` returning
   ``keys[0..count-1]`` (vmap-able over a leading axis of ``keys``)."""
@@ -71,9 +66,10 @@ class RunInit:
 
   def __init__(self, length: int):
     self.length = length
-    self.records: Dict[Hashable, Tuple[int, int, Any]] = {}  # key -> (offset, count, value 0)
-    self.later: Dict[Hashable, jax.Array] = {}  # key -> values of blocks 1.., leading axis
-    self.meta: Dict[Hashable, Tuple[Callable, Any, Any]] = {}
+    # key -> (offset of its draws in a block's keys, how many, block 0's value, init, shape,
+    # dtype); and key -> the values of blocks 1.. (leading axis).
+    self.records: Dict[Hashable, Tuple[int, int, Any, Callable, Any, Any]] = {}
+    self.later: Dict[Hashable, jax.Array] = {}
     self.fast = False
     self._queued = 0  # keys queued before block 0
 
@@ -92,11 +88,10 @@ class RunInit:
       before = pending_keys()
       value = init(shape, dtype)
       after = pending_keys()
-      self.records[key] = (self._queued - before, before - after, value)
-      self.meta[key] = (init, shape, dtype)
+      self.records[key] = (self._queued - before, before - after, value, init, shape, dtype)
       return value
-    _, count, _ = self.records[key]
-    pop_keys(count)
+    for _ in range(self.records[key][1]):  # its draws, already queued: only popped
+      hk.next_rng_key()
     return self.later[key][block - 1]
 
   def first_block_done(self) -> None:
@@ -110,8 +105,7 @@ class RunInit:
     later = self.length - 1
     queue_keys(later * per_block)
     _, pending = hk.maybe_get_rng_sequence_state()
-    for key, (offset, count, value) in self.records.items():
-      init, shape, dtype = self.meta[key]
+    for key, (offset, count, value, init, shape, dtype) in self.records.items():
       if count == 0:  # no random draw: the same value for every block
         self.later[key] = jnp.broadcast_to(value, (later,) + tuple(np.shape(value)))
         continue
